@@ -1,0 +1,142 @@
+"""Model configuration: upstream's `Config` fields plus the registry of named configs."""
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from lit_gpt.utils import find_multiple
+
+NORM_CLASSES = ("RMSNorm", "FusedRMSNorm")
+MLP_CLASSES = ("LLaMAMLP",)
+
+
+@dataclass
+class Config:
+    """Architecture hyperparameters, field for field as upstream TinyLlama's `lit_gpt/config.py`.
+
+    Defaults describe a LLaMA-style model (the only family this fork builds); `rope_base` is ours,
+    kept at upstream's fixed 10000 unless a converted checkpoint says otherwise.
+    """
+
+    org: str = "Lightning-AI"
+    name: str = "lit-GPT"
+    block_size: int = 2048
+    vocab_size: int = 32000
+    padding_multiple: int = 64
+    padded_vocab_size: Optional[int] = None
+    n_layer: int = 22
+    n_head: int = 32
+    n_embd: int = 2048
+    rotary_percentage: float = 1.0
+    parallel_residual: bool = False
+    bias: bool = False
+    n_query_groups: Optional[int] = None
+    shared_attention_norm: bool = False
+    _norm_class: str = "FusedRMSNorm"
+    norm_eps: float = 1e-5
+    _mlp_class: str = "LLaMAMLP"
+    intermediate_size: Optional[int] = None
+    condense_ratio: int = 1
+    rope_base: int = 10000
+
+    def __post_init__(self) -> None:
+        if self.padded_vocab_size is None:
+            self.padded_vocab_size = find_multiple(self.vocab_size, self.padding_multiple)
+        if self.n_query_groups is None:
+            self.n_query_groups = self.n_head
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.n_embd
+        problems = []
+        if self.n_embd % self.n_head:
+            problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.n_query_groups:
+            problems.append(f"n_head={self.n_head} is not divisible by n_query_groups={self.n_query_groups}")
+        if self._norm_class not in NORM_CLASSES:
+            problems.append(f"_norm_class={self._norm_class!r} is not one of {NORM_CLASSES}")
+        if self._mlp_class not in MLP_CLASSES:
+            problems.append(f"_mlp_class={self._mlp_class!r} is not one of {MLP_CLASSES}")
+        if self.padded_vocab_size < self.vocab_size:
+            problems.append(f"padded_vocab_size={self.padded_vocab_size} < vocab_size={self.vocab_size}")
+        if problems:
+            raise ValueError(f"invalid config {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def q_per_kv(self) -> int:
+        return self.n_head // self.n_query_groups
+
+    @property
+    def rope_n_elem(self) -> int:
+        return int(self.rotary_percentage * self.head_size)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "Config":
+        if name not in name_to_config:
+            raise ValueError(f"unknown model name {name!r}; known names: {', '.join(sorted(name_to_config))}")
+        return cls(**{**name_to_config[name], **overrides})
+
+    @classmethod
+    def from_json(cls, path: Union[str, Path], **overrides: Any) -> "Config":
+        """Reads a `lit_config.json`, ignoring keys this version does not know (older or newer writers)."""
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in {**data, **overrides}.items() if k in known})
+
+    @classmethod
+    def load(cls, name_or_path: Union[str, Path]) -> "Config":
+        """A registry name, a `lit_config.json` file, or a directory holding one."""
+        path = Path(name_or_path)
+        if path.is_dir():
+            path = path / "lit_config.json"
+        if path.is_file():
+            return cls.from_json(path)
+        if str(name_or_path) in name_to_config:
+            return cls.from_name(str(name_or_path))
+        raise ValueError(f"{name_or_path!r} is neither a known model name nor a lit_config.json")
+
+    def to_json(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def _llama(name: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: int, intermediate_size: int,
+           **extra: Any) -> dict:
+    base = dict(name=name, block_size=2048, vocab_size=32000, padding_multiple=64, n_layer=n_layer,
+                n_head=n_head, n_embd=n_embd, n_query_groups=n_query_groups,
+                intermediate_size=intermediate_size, rotary_percentage=1.0, parallel_residual=False,
+                bias=False, _norm_class="FusedRMSNorm", norm_eps=1e-5, _mlp_class="LLaMAMLP")
+    return {**base, **extra}
+
+
+configs = [
+    # upstream TinyLlama
+    _llama("tiny_LLaMA_1b", 22, 2048, 32, 4, 5632),
+    _llama("tiny_LLaMA_120M", 12, 768, 12, 1, 2048),
+    _llama("code_tiny_LLaMA_1b", 22, 2048, 32, 4, 5632, block_size=8192, condense_ratio=4),
+    # paper, 1.1B family (reference stacking-paper.md §5.1): MHA, 2048 wide; depth bases for g = 2, 4, 8, 24
+    *[_llama(f"{n}L2048H", n, 2048, 32, 32, 5632) for n in (24, 12, 6, 3, 1)],
+    # paper, 410M target and the 1.1B width base: 1024 wide, head size 64 kept
+    *[_llama(f"{n}L1024H", n, 1024, 16, 16, 2816) for n in (24, 6)],
+    _llama("tiny_LLaMA_410M", 24, 1024, 16, 1, 4096),
+    # paper, 3B family (GQA, 4 groups) and its growth-factor bases
+    _llama("tiny_LLaMA_3B", 32, 2560, 20, 4, 7040),
+    _llama("tiny_LLaMA_750M_like3B", 8, 2560, 20, 4, 7040),
+    _llama("tiny_LLaMA_375M_like3B", 4, 2560, 20, 4, 7040),
+    _llama("tiny_LLaMA_190M_like3B", 2, 2560, 20, 4, 7040),
+    _llama("tiny_LLaMA_80M_like3B", 1, 2560, 20, 4, 7040),
+    # paper, 7B family (GQA, 8 groups) and the MHA variants of the partial-stacking runs
+    _llama("tiny_LLaMA_7B", 32, 4096, 32, 8, 11008),
+    _llama("tiny_LLaMA_1.7B_like7B", 8, 4096, 32, 8, 11008),
+    *[_llama(f"{n}L4096H", n, 4096, 32, 32, 11008) for n in (32, 23, 8)],
+    # paper, 8 -> 24 layer noise ablation (App. I.2)
+    _llama("tiny_LLaMA_1.1B", 24, 2048, 16, 4, 5632),
+    _llama("tiny_LLaMA_400M_like1.1B", 8, 2048, 16, 4, 5632),
+    # small CPU configs for tests and the demo (vocab of the sample-data tokenizer)
+    *[_llama(f"{n}L128H", n, 128, 4, 4, 352, block_size=256, vocab_size=4096) for n in (2, 4, 8)],
+    *[_llama(f"{n}L256H", n, 256, 8, 2, 704, block_size=256, vocab_size=4096) for n in (2, 4, 8)],
+]
+
+name_to_config = {c["name"]: c for c in configs}

@@ -1,0 +1,177 @@
+"""The TinyLlama GPT: pre-norm LLaMA blocks with fused, group-interleaved QKV, RoPE and SwiGLU.
+
+Parameter names and layouts are upstream's, so upstream checkpoints load unchanged. Fused CUDA
+kernels are picked per call (see `lit_gpt.kernels`); every op has a pure-PyTorch path.
+"""
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_gpt import kernels, rmsnorm
+from lit_gpt.config import Config
+from lit_gpt.fused_rotary_embedding import apply_rotary_emb_func, build_rope_cache
+
+
+class GPT(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=norm_class(config)(config.n_embd, eps=config.norm_eps),
+        ))
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Upstream's initialisation (reference tinyllama-upstream.md §2.5) and a fresh RoPE cache.
+
+        Every Linear and the embedding draw from N(0, 2 / (5 n_embd)) (GPT-NeoX "small init"); the
+        residual-branch outputs (attention `proj`, SwiGLU `w3`) from N(0, (1 / (sqrt(n_embd) n_layer))^2).
+        Called by `__init__`, so a from-scratch model is never left at PyTorch's default init, and again
+        after `to_empty()` when the model was built on the meta device.
+        """
+        self.apply(lambda m: self._init_weights(m, self.config.n_layer))
+        cos, sin = build_rope_cache(self.config.block_size, self.config.rope_n_elem, self.config.rope_base,
+                                    self.config.condense_ratio, device=self.lm_head.weight.device)
+        self.rope_cos, self.rope_sin = cos, sin
+
+    def _init_weights(self, module: nn.Module, n_layer: int) -> None:
+        n_embd = self.config.n_embd
+        if isinstance(module, (nn.Embedding, nn.Linear)):
+            nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / 5 / n_embd))
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, rmsnorm.RMSNorm):
+            module.reset_parameters()
+        if isinstance(module, (CausalSelfAttention, SwiGLU)):
+            out = module.proj if isinstance(module, CausalSelfAttention) else module.w3
+            nn.init.normal_(out.weight, mean=0.0, std=1 / math.sqrt(n_embd) / n_layer)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, padded_vocab_size)."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.transformer.wte(idx)
+        for block in self.transformer.h:
+            x = block(x, cos, sin)
+        return self.lm_head(self.transformer.ln_f(x))
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "GPT":
+        return cls(Config.from_name(name, **overrides))
+
+
+def norm_class(config: Config) -> type:
+    return getattr(rmsnorm, config._norm_class)
+
+
+class Block(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.norm_1 = norm_class(config)(config.n_embd, eps=config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        if not config.shared_attention_norm:
+            self.norm_2 = norm_class(config)(config.n_embd, eps=config.norm_eps)
+        self.mlp = LLaMAMLP(config)
+        self.config = config
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        n_1 = self.norm_1(x)
+        h = self.attn(n_1, cos, sin)
+        if self.config.parallel_residual:
+            n_2 = n_1 if self.config.shared_attention_norm else self.norm_2(x)
+            return x + h + self.mlp(n_2)
+        x = x + h
+        return x + self.mlp(self.norm_2(x))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head, grouped-query or multi-query causal attention.
+
+    `attn.weight` rows are grouped per key/value head: for each of the n_query_groups groups,
+    [its q_per_kv query heads | its key head | its value head], each head_size rows.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        shape = (config.n_head + 2 * config.n_query_groups) * config.head_size
+        self.attn = nn.Linear(config.n_embd, shape, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.config = config
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        cfg = self.config
+        qkv = self.attn(x).view(B, T, cfg.n_query_groups, cfg.q_per_kv + 2, cfg.head_size)
+        q, k, v = qkv.split((cfg.q_per_kv, 1, 1), dim=3)
+        q = q.reshape(B, T, cfg.n_head, cfg.head_size)
+        k = k.reshape(B, T, cfg.n_query_groups, cfg.head_size)
+        v = v.reshape(B, T, cfg.n_query_groups, cfg.head_size)
+        q = apply_rotary_emb_func(q, cos, sin)
+        k = apply_rotary_emb_func(k, cos, sin)
+        y = self.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.reshape(B, T, C))
+
+    def scaled_dot_product_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, T, heads, hs) in and out; K/V heads are shared by their query group, never copied."""
+        scale = 1.0 / math.sqrt(self.config.head_size)
+        flash = kernels.attention_kernel(q)
+        if flash is not None:
+            return flash(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=True)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                           enable_gqa=self.config.n_query_groups != self.config.n_head)
+        return y.transpose(1, 2)
+
+
+class LLaMAMLP(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.swiglu = SwiGLU(config.n_embd, config.intermediate_size, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.swiglu(x)
+
+
+class SwiGLU(nn.Module):
+    """w3(silu(w1 x) * w2 x): w1 gate, w2 up, w3 down, the parameter names of xformers' SwiGLU."""
+
+    def __init__(self, in_features: int, hidden_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.w2 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.w3 = nn.Linear(hidden_features, in_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w1(x), self.w2(x)
+        fused = kernels.silu_mul_kernel(x)
+        hidden = fused(gate, up) if fused is not None else F.silu(gate) * up
+        return self.w3(hidden)
+
+
+def split_qkv(weight: torch.Tensor, config: Config) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused, group-interleaved `attn.attn` rows -> (q, k, v) rows, each in head order."""
+    groups = weight.reshape(config.n_query_groups, config.q_per_kv + 2, config.head_size, *weight.shape[1:])
+    q = groups[:, :config.q_per_kv].reshape(config.n_head * config.head_size, *weight.shape[1:])
+    k = groups[:, config.q_per_kv].reshape(config.n_query_groups * config.head_size, *weight.shape[1:])
+    v = groups[:, config.q_per_kv + 1].reshape(config.n_query_groups * config.head_size, *weight.shape[1:])
+    return q, k, v
+
+
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Config) -> torch.Tensor:
+    """Inverse of `split_qkv`: q, k, v rows in head order -> group-interleaved fused rows."""
+    rest = q.shape[1:]
+    q = q.reshape(config.n_query_groups, config.q_per_kv, config.head_size, *rest)
+    k = k.reshape(config.n_query_groups, 1, config.head_size, *rest)
+    v = v.reshape(config.n_query_groups, 1, config.head_size, *rest)
+    return torch.cat((q, k, v), dim=1).reshape(-1, *rest)

@@ -1,0 +1,117 @@
+"""Small helpers shared by the model, the scripts and the tests."""
+
+import pickle
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+from torch import nn
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - (n % k)
+
+
+def num_parameters(module: nn.Module, requires_grad: Optional[bool] = None) -> int:
+    return sum(p.numel() for p in module.parameters() if requires_grad is None or p.requires_grad == requires_grad)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean token cross-entropy that keeps only the logits and one log-sum-exp per row for backward.
+
+    `F.cross_entropy` saves a full-vocab log-softmax beside the logits, i.e. the logits twice. Here
+    each chunk of rows is reduced to its log-sum-exp in fp32; backward rebuilds softmax - one_hot one
+    chunk at a time, so the extra memory is one chunk, not a second (B*T, V) tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int):
+        acc = torch.promote_types(logits.dtype, torch.float32)
+        lse = torch.empty(logits.shape[0], dtype=acc, device=logits.device)
+        picked = torch.empty_like(lse)
+        valid = targets != ignore_index
+        safe_targets = torch.where(valid, targets, 0)
+        for start in range(0, logits.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            chunk = logits[rows].to(acc)
+            lse[rows] = torch.logsumexp(chunk, dim=-1)
+            picked[rows] = chunk.gather(1, safe_targets[rows, None]).squeeze(1)
+        n_valid = valid.sum()
+        loss = ((lse - picked) * valid).sum() / n_valid.clamp(min=1)
+        ctx.save_for_backward(logits, safe_targets, valid, lse, n_valid)
+        ctx.chunk_rows = chunk_rows
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        logits, targets, valid, lse, n_valid = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        scale = grad_loss / n_valid.clamp(min=1)
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            # softmax - one_hot, written straight into `grad` when no dtype cast is needed (fp32 and up)
+            out = grad[rows] if grad.dtype == lse.dtype else None
+            g = torch.sub(logits[rows], lse[rows, None], out=out).exp_()
+            g.scatter_add_(1, targets[rows, None], torch.full_like(lse[rows, None], -1.0))
+            g.mul_(valid[rows, None] * scale)
+            if out is None:
+                grad[rows] = g
+        return grad, None, None, None
+
+
+def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1,
+                          chunk_rows: int = 4096) -> torch.Tensor:
+    """Mean cross-entropy of `logits` (..., V) against `targets` (...), skipping `ignore_index`."""
+    logits = logits.reshape(-1, logits.shape[-1])
+    targets = targets.reshape(-1)
+    return _ChunkedCrossEntropy.apply(logits, targets, ignore_index, chunk_rows)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable or does not match what it should hold."""
+
+
+def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """Loads weights without running pickled code: safetensors, or `torch.load(weights_only=True)`.
+
+    Accepts a bare state dict or a training checkpoint with the weights under `model` (upstream's
+    `iter-XXXXXX-ckpt.pth`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"cannot read {path}: it holds pickled objects other than tensors, which are "
+                              "never unpickled (weights_only=True); re-save its state dict") from None
+    except Exception as e:  # noqa: BLE001 - turned into one line for the user
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def check_state_dict(state: Dict[str, torch.Tensor], expected: Dict[str, torch.Size], what: str) -> None:
+    """Raises a one-line CheckpointError naming the first missing, unexpected or mis-shaped tensor."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        raise CheckpointError(f"{what}: keys do not match the config: " + ", ".join(parts))
+    for k, shape in expected.items():
+        if state[k].shape != shape:
+            hint = " (vocab mismatch)" if k in ("transformer.wte.weight", "lm_head.weight") else ""
+            raise CheckpointError(f"{what}: {k} has shape {tuple(state[k].shape)}, "
+                                  f"the config needs {tuple(shape)}{hint}")

@@ -1,0 +1,27 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lit_gpt import Config  # noqa: E402
+
+torch.set_num_threads(2)
+
+# (n_head, n_query_groups): MHA, GQA, MQA
+ATTENTION_KINDS = {"mha": (4, 4), "gqa": (4, 2), "mqa": (4, 1)}
+
+
+def small_config(kind: str = "gqa", **overrides) -> Config:
+    n_head, groups = ATTENTION_KINDS[kind]
+    base = dict(name=f"test-{kind}", block_size=32, vocab_size=96, padding_multiple=32, n_layer=2, n_head=n_head,
+                n_embd=64, n_query_groups=groups, intermediate_size=160)
+    return Config(**{**base, **overrides})
+
+
+@pytest.fixture(params=sorted(ATTENTION_KINDS))
+def attention_kind(request):
+    return request.param
