@@ -96,7 +96,8 @@ class Config:
             return cls.from_json(path)
         if str(name_or_path) in name_to_config:
             return cls.from_name(str(name_or_path))
-        raise ValueError(f"{name_or_path!r} is neither a known model name nor a lit_config.json")
+        raise ValueError(f"unknown model name {str(name_or_path)!r}: not a registered config nor a lit_config.json "
+                         f"path; known names: {', '.join(sorted(name_to_config))}")
 
     def to_json(self, path: Union[str, Path]) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")

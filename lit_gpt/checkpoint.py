@@ -1,0 +1,139 @@
+"""Training checkpoints: `out_dir/step-XXXXXXXX/`, torch.distributed.checkpoint shards, written atomically.
+
+Layout of a checkpoint directory:
+    *.distcp, .metadata   model and optimizer (sharded under FSDP; resharded on load to any world size)
+    meta.json             step, tokens, FLOPs, data-loader position, hyperparameters (written last by rank 0)
+    rng-rank{r}.pt        each rank's RNG states
+    lit_config.json       the model config
+All of it is written into `.tmp-step-XXXXXXXX/` and renamed once every rank is done, so a kill while
+saving leaves the previous checkpoint as the newest complete one.
+"""
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+
+from lit_gpt.config import Config
+from lit_gpt.utils import CheckpointError
+
+STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+def step_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / f"step-{step:08d}"
+
+
+def find_latest(out_dir: Path) -> Optional[Path]:
+    """The complete checkpoint with the highest step number (numeric, not lexicographic, order)."""
+    found = [(int(m.group(1)), p) for p in out_dir.glob("step-*")
+             if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def rng_state() -> Dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),
+            "numpy": json.dumps([v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = json.loads(state["numpy"])
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(fabric, out_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         meta: Dict[str, Any], config: Config) -> Path:
+    """Collective: every rank calls it. Returns the final directory."""
+    final = step_dir(out_dir, step)
+    tmp = out_dir / f".tmp-{final.name}"
+    if fabric.global_rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    fabric.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=fabric.world_size == 1)
+    torch.save(rng_state(), tmp / f"rng-rank{fabric.global_rank}.pt")
+    fabric.barrier()
+    if fabric.global_rank == 0:
+        config.to_json(tmp / "lit_config.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if final.exists():  # the same step saved again (a re-run after resume): replace it whole
+            shutil.rmtree(final)
+        tmp.rename(final)
+    fabric.barrier()
+    return final
+
+
+def load(fabric, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """Collective: restores model, optimizer and this rank's RNG; returns meta.json's content."""
+    if not (path / "meta.json").is_file():
+        raise CheckpointError(f"{path} is not a complete training checkpoint (no meta.json)")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    try:
+        dcp.load(state, checkpoint_id=path, no_dist=fabric.world_size == 1)
+    except Exception as e:  # noqa: BLE001 - DCP reports a config mismatch as a long multi-line error
+        raise CheckpointError(f"{path} does not fit this model and optimizer "
+                              f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    rng_file = path / f"rng-rank{fabric.global_rank}.pt"
+    if rng_file.is_file():  # absent when resuming on more ranks than saved: those ranks keep their seeds
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    return json.loads((path / "meta.json").read_text())
+
+
+def check_config(path: Path, config: Config) -> None:
+    saved = Config.from_json(path / "lit_config.json")
+    if saved != config:
+        raise CheckpointError(f"{path} was saved for model {saved.name!r} "
+                              f"({saved.n_layer} layers, {saved.n_embd} wide), not {config.name!r}")
+
+
+def export_weights(fabric, model: torch.nn.Module, config: Config, out_dir: Path,
+                   tokenizer_dir: Optional[Path] = None) -> None:
+    """Collective: gathers full weights and writes `lit_model.pth` + `lit_config.json` (rank 0)."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if fabric.global_rank == 0:
+        write_weights(state, config, out_dir, tokenizer_dir)
+    fabric.barrier()
+
+
+def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
+                  tokenizer_dir: Optional[Path] = None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "lit_model.pth.tmp"
+    torch.save(state, tmp)
+    tmp.replace(out_dir / "lit_model.pth")
+    config.to_json(out_dir / "lit_config.json")
+    if tokenizer_dir is not None:
+        for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
+            if (tokenizer_dir / name).is_file():
+                shutil.copy2(tokenizer_dir / name, out_dir / name)
+
+
+def consolidate(path: Path) -> Dict[str, torch.Tensor]:
+    """A training checkpoint's model weights as one plain state dict, read in this process (no ranks)."""
+    if not (path / "meta.json").is_file():
+        raise CheckpointError(f"{path} is not a complete training checkpoint (no meta.json)")
+    from lit_gpt.model import GPT
+
+    config = Config.from_json(path / "lit_config.json")
+    with torch.device("meta"):
+        template = GPT(config).state_dict()
+    state = {"model": {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}}
+    dcp.load(state, checkpoint_id=path, no_dist=True)
+    return state["model"]

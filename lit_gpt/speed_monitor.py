@@ -1,0 +1,125 @@
+"""FLOPs accounting, MFU, and the metrics a run writes (metrics.csv, TensorBoard, wandb, the log line)."""
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from lit_gpt.config import Config
+
+# dense bf16 peak of one device (no sparsity), FLOP/s; matched against torch.cuda.get_device_name()
+GPU_PEAK_BF16 = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "a10g": 125e12, "l40s": 362e12, "l4": 121e12,
+                 "4090": 165e12, "3090": 71e12, "v100": 125e12}
+
+
+def flops_per_token(config: Config, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N for the matmul weights plus 6 L T d for causal attention scores.
+
+    N counts every parameter but the embedding lookup (the LM head is a matmul and counts); the
+    attention term is PaLM's 12 L T d halved for the causal mask. This is the C = 6 N D of the paper
+    (reference stacking-paper.md §5.4) with the attention work added, so FLOPs of runs with different
+    depths and widths (a base and its grown model) are comparable.
+    """
+    h = config.head_size
+    per_layer = (config.n_embd * (config.n_head + 2 * config.n_query_groups) * h  # fused qkv
+                 + config.n_embd * config.n_embd + 3 * config.n_embd * config.intermediate_size + 2 * config.n_embd)
+    n = config.n_layer * per_layer + config.n_embd + config.padded_vocab_size * config.n_embd
+    return 6.0 * n + 6.0 * config.n_layer * seq_len * config.n_embd
+
+
+def device_peak_flops(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device).lower()
+    return next((peak for key, peak in GPU_PEAK_BF16.items() if key in name), None)
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return (f"{d}d" if d else "") + (f"{h}h" if d or h else "") + f"{m:02d}m{s:02d}s"
+
+
+class MetricsLogger:
+    """metrics.csv (always), plus TensorBoard or wandb; rank 0 only. A resume drops rows past its step."""
+
+    COLUMNS = ["step", "tokens", "flops", "train_loss", "val_loss", "val_ppl", "lr", "tokens_per_sec", "mfu",
+               "elapsed_sec"]
+
+    def __init__(self, out_dir: Path, kind: str, resume_step: Optional[int], run_name: str) -> None:
+        self.path = out_dir / "metrics.csv"
+        rows = []
+        if resume_step is not None and self.path.is_file():
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.backend = None
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.backend = SummaryWriter(str(out_dir / "tensorboard"))
+        elif kind == "wandb":
+            import wandb
+
+            self.backend = wandb.init(project="tinyllama-growth", name=run_name, dir=str(out_dir), resume="allow")
+
+    def log(self, metrics: Dict[str, float]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.COLUMNS).writerow({k: metrics.get(k, "") for k in self.COLUMNS})
+        step = int(metrics["step"])
+        scalars = {k: v for k, v in metrics.items() if k != "step" and v is not None and v != ""}
+        if self.backend is None:
+            return
+        if hasattr(self.backend, "add_scalar"):
+            for k, v in scalars.items():
+                self.backend.add_scalar(k, v, step)
+            self.backend.flush()
+        else:
+            self.backend.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.backend is not None and hasattr(self.backend, "close"):
+            self.backend.close()
+        elif self.backend is not None:
+            self.backend.finish()
+
+
+class Throughput:
+    """Tokens/s and MFU over a sliding window of optimizer steps, and the ETA to `max_steps`."""
+
+    def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops: Optional[float], world_size: int,
+                 window: int = 10) -> None:
+        self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+        self.peak = peak_flops * world_size if peak_flops else None
+        self.window = window
+        self.times = []
+
+    def tick(self) -> None:
+        self.times = (self.times + [time.perf_counter()])[-(self.window + 1):]
+
+    def step_time(self) -> Optional[float]:
+        if len(self.times) < 2:
+            return None
+        return (self.times[-1] - self.times[0]) / (len(self.times) - 1)
+
+    def tokens_per_sec(self) -> Optional[float]:
+        t = self.step_time()
+        return self.tokens_per_step / t if t else None
+
+    def mfu(self) -> Optional[float]:
+        t = self.step_time()
+        return self.flops_per_step / t / self.peak if t and self.peak else None
+
+    def eta(self, steps_left: int) -> float:
+        t = self.step_time()
+        return steps_left * t if t else float("nan")

@@ -1,0 +1,58 @@
+"""Every hyperparameter of `pretrain/tinyllama.py`, settable by flag or by a YAML recipe (`--config`)."""
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+def _h(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainArgs:
+    model_name: str = field(default="4L128H", metadata=_h("config name, or a lit_config.json path"))
+    train_data_dir: str = field(default="data/sample/packed", metadata=_h("directory of packed *.bin files"))
+    val_data_dir: Optional[str] = field(default=None, metadata=_h("validation *.bin directory (default: train's)"))
+    data_prefixes: List[str] = field(default_factory=lambda: ["train_slimpajama"],
+                                     metadata=_h("file-name prefixes of the training mixture"))
+    data_weights: Optional[List[float]] = field(default=None,
+                                                metadata=_h("mixture weight per prefix (default: equal)"))
+    val_prefix: str = field(default="validation", metadata=_h("file-name prefix of the validation files"))
+    tokenizer_dir: Optional[str] = field(default=None, metadata=_h(
+        "tokenizer the data was made with, checked against the vocabulary and copied into exports "
+        "(default: <train_data_dir>/../tokenizer when it exists)"))
+    out_dir: str = field(default="out/pretrain", metadata=_h("checkpoints, metrics.csv and the final export"))
+    devices: int = field(default=1, metadata=_h("processes (GPUs, or CPU processes) per node"))
+    num_nodes: int = field(default=1, metadata=_h("nodes; under slurm, the job's node count"))
+    strategy: str = field(default="auto", metadata=_h("auto: fsdp when more than one process",
+                                                      choices=["auto", "single", "ddp", "fsdp"]))
+    precision: Optional[str] = field(default=None, metadata=_h(
+        "32-true, bf16-mixed or bf16-true (default: bf16-mixed on a bf16 GPU, else 32-true)"))
+    global_batch_size: int = field(default=64, metadata=_h("sequences per optimizer step, over all processes"))
+    micro_batch_size: int = field(default=8, metadata=_h("sequences per forward pass per process"))
+    block_size: Optional[int] = field(default=None, metadata=_h("training sequence length (default: the model's)"))
+    max_steps: Optional[int] = field(default=None, metadata=_h("optimizer steps to run (or give --max_tokens)"))
+    max_tokens: Optional[int] = field(default=None, metadata=_h("tokens to train on; sets max_steps"))
+    learning_rate: float = field(default=4e-4, metadata=_h("peak learning rate"))
+    min_lr: float = field(default=4e-5, metadata=_h("learning rate at the end of the cosine"))
+    warmup_steps: int = field(default=100, metadata=_h("linear warm-up steps from 0"))
+    lr_decay_steps: Optional[int] = field(default=None, metadata=_h(
+        "cosine horizon in steps, independent of where the run stops (default: max_steps)"))
+    weight_decay: float = field(default=0.1, metadata=_h("AdamW weight decay, on every parameter as upstream"))
+    beta1: float = field(default=0.9, metadata=_h("AdamW beta1"))
+    beta2: float = field(default=0.95, metadata=_h("AdamW beta2"))
+    grad_clip: float = field(default=1.0, metadata=_h("gradient-norm clip; 0 disables"))
+    eval_interval: int = field(default=100, metadata=_h("steps between validations; 0 disables"))
+    eval_iters: int = field(default=10, metadata=_h("validation micro-batches in total, split over processes"))
+    save_interval: int = field(default=100, metadata=_h("steps between checkpoints; 0: only at the end"))
+    log_interval: int = field(default=1, metadata=_h("steps between progress lines and metrics rows"))
+    resume: Optional[str] = field(default=None, metadata=_h("'auto' (newest step-* in out_dir) or a checkpoint"))
+    initial_checkpoint: Optional[str] = field(default=None, metadata=_h(
+        "start from these weights (lit_model.pth or a directory holding it) with a fresh optimizer"))
+    skip_tokens: int = field(default=0, metadata=_h("skip this many tokens of the training stream first"))
+    seed: int = field(default=3407, metadata=_h("seed of initialisation and data order"))
+    n_chunks: int = field(default=8, metadata=_h("files per shuffle buffer of the packed data reader"))
+    compile: bool = field(default=False, metadata=_h("torch.compile the blocks"))
+    activation_checkpointing: bool = field(default=False, metadata=_h("recompute each block in backward"))
+    logger: str = field(default="csv", metadata=_h("metrics.csv is always written; add tensorboard or wandb",
+                                                   choices=["csv", "tensorboard", "wandb"]))

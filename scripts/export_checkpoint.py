@@ -1,0 +1,40 @@
+"""Write the weights of a training checkpoint as `lit_model.pth` + `lit_config.json` (what growth, the
+converters and eval read). Runs in one process whatever the number of ranks that saved the checkpoint.
+
+    python scripts/export_checkpoint.py --checkpoint_dir out/run/step-00001000 --out_dir out/run/export-1000
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.checkpoint import consolidate, find_latest, write_weights  # noqa: E402
+from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.utils import CheckpointError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint_dir", type=Path, required=True,
+                        help="a step-XXXXXXXX directory, or a run's out_dir (its newest checkpoint is taken)")
+    parser.add_argument("--out_dir", type=Path, default=None, help="default: <checkpoint_dir>/export")
+    parser.add_argument("--tokenizer_dir", type=Path, default=None, help="tokenizer files to copy beside the weights")
+    args = parser.parse_args(argv)
+    try:
+        path = args.checkpoint_dir
+        if not (path / "meta.json").is_file() and path.is_dir():
+            path = find_latest(path) or path
+        state = consolidate(path)
+        out = args.out_dir or path / "export"
+        write_weights(state, Config.from_json(path / "lit_config.json"), out, args.tokenizer_dir)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out / 'lit_model.pth'} from {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
