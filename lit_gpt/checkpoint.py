@@ -13,6 +13,8 @@ import json
 import random
 import re
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -65,7 +67,8 @@ def save(fabric, out_dir: Path, step: int, model: torch.nn.Module, optimizer: to
         tmp.mkdir(parents=True)
     fabric.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=fabric.world_size == 1)
+    with _single_process_quiet():
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=fabric.world_size == 1)
     torch.save(rng_state(), tmp / f"rng-rank{fabric.global_rank}.pt")
     fabric.barrier()
     if fabric.global_rank == 0:
@@ -85,7 +88,8 @@ def load(fabric, path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
     try:
-        dcp.load(state, checkpoint_id=path, no_dist=fabric.world_size == 1)
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=path, no_dist=fabric.world_size == 1)
     except Exception as e:  # noqa: BLE001 - DCP reports a config mismatch as a long multi-line error
         raise CheckpointError(f"{path} does not fit this model and optimizer "
                               f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
@@ -135,5 +139,14 @@ def consolidate(path: Path) -> Dict[str, torch.Tensor]:
     with torch.device("meta"):
         template = GPT(config).state_dict()
     state = {"model": {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}}
-    dcp.load(state, checkpoint_id=path, no_dist=True)
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=path, no_dist=True)
     return state["model"]
+
+
+@contextmanager
+def _single_process_quiet():
+    """DCP warns on every single-process save and load, which is our intended use there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+        yield

@@ -8,6 +8,7 @@ CPU processes with gloo. Checkpoints in out_dir/step-XXXXXXXX/ hold everything a
 SIGUSR1 save one and exit cleanly (slurm requeue).
 """
 
+import json
 import math
 import os
 import random
@@ -120,6 +121,14 @@ def initial_weights_path(args: TrainArgs) -> Path:
                 return path / name
         raise UsageError(f"--initial_checkpoint {path}: no lit_model.pth or lit_model.safetensors in it")
     return path
+
+
+def base_model_flops(args: TrainArgs) -> float:
+    """A grown model's FLOPs start at its base model's (the paper counts C = C_base + C_grown, §5.4)."""
+    if not args.initial_checkpoint:
+        return 0.0
+    growth = initial_weights_path(args).parent / "growth.json"
+    return float(json.loads(growth.read_text()).get("base_flops") or 0.0) if growth.is_file() else 0.0
 
 
 def fsdp2(model: torch.nn.Module, device_mesh, activation_checkpointing: bool, compile: bool):
@@ -242,8 +251,10 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         loader.load_state_dict(meta["data"])
         resume_step = step
         fabric.print(f"resumed from {resume_path} at step {step} ({tokens:,} tokens)")
-    elif args.skip_tokens:
-        loader.skip_blocks(args.skip_tokens // (block + 1))
+    else:
+        flops = base_model_flops(args)
+        if args.skip_tokens:
+            loader.skip_blocks(args.skip_tokens // (block + 1))
 
     flops_per_step = flops_per_token(config, block) * tokens_per_step
     monitor = Throughput(tokens_per_step, flops_per_step, device_peak_flops(fabric.device), world)

@@ -126,6 +126,17 @@ def test_fsdp_two_processes_resume_on_two_and_one(data_dir, tmp_path):
         [float(reference[s]["train_loss"]) for s in (1, 2)], abs=1e-5)
 
 
+def test_grown_model_continues_base_flops(data_dir, tmp_path):
+    train(data_dir, tmp_path / "base", "--max_steps", 2, "--eval_interval", 0)
+    start = tmp_path / "base" / "final"
+    (start / "growth.json").write_text('{"base_flops": 1.5e12, "base_tokens": 512}')
+    train(data_dir, tmp_path / "grown", "--max_steps", 2, "--eval_interval", 0, "--initial_checkpoint", start)
+    base, grown = metrics(tmp_path / "base"), metrics(tmp_path / "grown")
+    assert float(grown[2]["flops"]) == pytest.approx(1.5e12 + float(base[2]["flops"]))
+    assert int(grown[2]["tokens"]) == int(base[2]["tokens"])  # tokens count this model's own training
+    assert float(grown[1]["train_loss"]) < float(base[1]["train_loss"])  # it did start from the trained weights
+
+
 def assert_refused(result, *words):
     assert result.returncode == 1, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
