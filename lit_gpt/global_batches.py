@@ -31,10 +31,9 @@ class GlobalBatchLoader:
         return batches
 
     def skip_blocks(self, n: int) -> None:
-        if self._iterator is None:
-            self._iterator = iter(self.dataset)
-        for _ in range(n):
-            next(self._iterator)
+        """Skips `n` blocks of the global stream without reading them (e.g. the base model's tokens)."""
+        self.dataset.skip(n)
+        self._iterator = None
 
     def state_dict(self) -> Dict[str, Any]:
         return self.dataset.state_dict()

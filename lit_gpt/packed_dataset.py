@@ -194,6 +194,25 @@ class PackedDataset(IterableDataset):
                                      f"block of {self._block_size} tokens")
                 self._start, self._epoch, empty_pass = 0, self._epoch + 1, True
 
+    def skip(self, n: int) -> None:
+        """Advance by `n` blocks without reading them: only the files' headers are consulted."""
+        empty_epoch_guard = 0
+        while n > 0:
+            left = self._buffer_blocks(self._start) - self._pos
+            if n < left:
+                self._pos, self._blocks = self._pos + n, self._blocks + n
+                return
+            n, self._blocks = n - left, self._blocks + left
+            empty_epoch_guard = 0 if left else empty_epoch_guard + 1
+            self._start, self._pos = self._start + self._n_chunks, 0
+            if self._start >= len(self._files):
+                self._start, self._epoch = 0, self._epoch + 1
+            if empty_epoch_guard > len(self._files):
+                raise ValueError(f"rank {self._process_rank}'s files hold no complete block of {self._block_size}")
+
+    def _buffer_blocks(self, start: int) -> int:
+        return sum(read_header(path)[1] // self._block_size for path in self._files[start:start + self._n_chunks])
+
     def _load_buffer(self, start: int) -> Tuple[List[np.memmap], np.ndarray]:
         """Memory maps of the buffer's files that hold at least one block, and cumulative block counts."""
         maps, counts = [], []
@@ -244,6 +263,15 @@ class CombinedDataset(IterableDataset):
         version, internal, gauss_next = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss_next))
         self._samples = state["samples"]
+
+    def skip(self, n: int) -> None:
+        """Advance by `n` samples: the same source draws as iterating, then each source skips its share."""
+        counts = [0] * len(self._datasets)
+        for source in self._rng.choices(range(len(self._datasets)), weights=self._weights, k=n) if n else ():
+            counts[source] += 1
+        for dataset, count in zip(self._datasets, counts):
+            dataset.skip(count)
+        self._samples += n
 
     def __iter__(self) -> Iterator[Any]:
         iterators = [iter(dataset) for dataset in self._datasets]

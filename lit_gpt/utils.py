@@ -1,8 +1,9 @@
 """Small helpers shared by the model, the scripts and the tests."""
 
 import pickle
+import sys
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -69,6 +70,16 @@ def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_in
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or does not match what it should hold."""
+
+
+def exit_code(action: Callable[[], Any]) -> int:
+    """Runs a command-line action: bad input becomes one `error:` line on stderr and exit code 1."""
+    try:
+        action()
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ from lit_gpt.kernels import describe  # noqa: E402
 from lit_gpt.model import Block  # noqa: E402
 from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, flops_per_token, format_duration  # noqa: E402,E501
-from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict  # noqa: E402
+from lit_gpt.utils import check_state_dict, exit_code, load_state_dict  # noqa: E402
 from pretrain.train_args import TrainArgs  # noqa: E402
 
 
@@ -334,15 +334,14 @@ def run(argv=None) -> int:
     from lit_gpt.cli import parse
 
     args = parse(TrainArgs, argv, description=__doc__)
-    try:
+
+    def launch() -> None:
         config = validate(args)
         fabric, strategy_name = make_fabric(args)
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         fabric.launch(main, args, config, strategy_name)
-    except (UsageError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_code(launch)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import (DTYPES, atomic_output_dir, cast, check_tokenizer_vocab,  # noqa: E402
                              copy_weights_hf_llama, hf_config_to_lit, load_hf_state_dict, read_json)
-from lit_gpt.utils import CheckpointError  # noqa: E402
+from lit_gpt.utils import CheckpointError, exit_code  # noqa: E402
 
 
 def convert_hf_checkpoint(checkpoint_dir: Path, model_name: str = None, dtype: str = None) -> Config:
@@ -45,12 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="cast the weights (default: keep the checkpoint's dtype)")
     args = parser.parse_args(argv)
-    try:
-        convert_hf_checkpoint(args.checkpoint_dir, args.model_name, args.dtype)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(lambda: convert_hf_checkpoint(args.checkpoint_dir, args.model_name, args.dtype))
 
 
 if __name__ == "__main__":

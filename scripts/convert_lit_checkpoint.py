@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import (TOKENIZER_FILES, atomic_output_dir, check_tokenizer_vocab,  # noqa: E402
                              copy_weights_llama, lit_config_to_hf)
-from lit_gpt.utils import CheckpointError, load_state_dict  # noqa: E402
+from lit_gpt.utils import CheckpointError, exit_code, load_state_dict  # noqa: E402
 
 
 def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str = None) -> Config:
@@ -64,12 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model_name", default=None,
                         help="a lit_gpt config name (default: lit_config.json beside the checkpoint)")
     args = parser.parse_args(argv)
-    try:
-        convert_lit_checkpoint(args.checkpoint_path, args.out_dir, args.model_name)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(lambda: convert_lit_checkpoint(args.checkpoint_path, args.out_dir, args.model_name))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.checkpoint import consolidate, find_latest, write_weights  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.utils import CheckpointError  # noqa: E402
+from lit_gpt.utils import exit_code  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,19 +22,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out_dir", type=Path, default=None, help="default: <checkpoint_dir>/export")
     parser.add_argument("--tokenizer_dir", type=Path, default=None, help="tokenizer files to copy beside the weights")
     args = parser.parse_args(argv)
-    try:
-        path = args.checkpoint_dir
-        if not (path / "meta.json").is_file() and path.is_dir():
-            path = find_latest(path) or path
-        state = consolidate(path)
-        out = args.out_dir or path / "export"
-        write_weights(state, Config.from_json(path / "lit_config.json"), out, args.tokenizer_dir)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out / 'lit_model.pth'} from {path}", file=sys.stderr)
-    return 0
+    return exit_code(lambda: export(args.checkpoint_dir, args.out_dir, args.tokenizer_dir))
 
+
+def export(checkpoint_dir: Path, out_dir: Path = None, tokenizer_dir: Path = None) -> None:
+    path = checkpoint_dir
+    if not (path / "meta.json").is_file() and path.is_dir():
+        path = find_latest(path) or path
+    state = consolidate(path)
+    out = out_dir or path / "export"
+    write_weights(state, Config.from_json(path / "lit_config.json"), out, tokenizer_dir)
+    print(f"wrote {out / 'lit_model.pth'} from {path}", file=sys.stderr)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -235,3 +235,29 @@ def test_combined_dataset_mixes_by_weight_and_resumes(tmp_path):
     assert take(resumed, 163) == uninterrupted[37:]
     with pytest.raises(ValueError, match="seed"):
         CombinedDataset([PackedDataset(slim, 1, BLOCK)], seed=1).load_state_dict(state)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 23, 24, 25, 61])
+def test_skip_equals_consuming(uneven_files, n):
+    def fresh():
+        return PackedDataset(uneven_files, 3, BLOCK, seed=11, num_processes=2, process_rank=0)
+
+    uninterrupted = take(fresh(), n + 20)
+    skipped = fresh()
+    skipped.skip(n)
+    assert skipped.state_dict()["blocks"] == n
+    assert take(skipped, 20) == uninterrupted[n:]
+
+
+def test_combined_skip_equals_consuming(tmp_path):
+    slim = write_blocks(tmp_path / "slim", "slim", [4, 3])
+    star = write_blocks(tmp_path / "star", "star", [2, 4], first_token=10_000)
+
+    def fresh():
+        return CombinedDataset([PackedDataset(slim, 1, BLOCK, seed=1), PackedDataset(star, 1, BLOCK, seed=2)],
+                               seed=42, weights=[0.6, 0.4])
+
+    uninterrupted = take(fresh(), 120)
+    skipped = fresh()
+    skipped.skip(77)
+    assert take(skipped, 43) == uninterrupted[77:]
