@@ -108,21 +108,24 @@ def check_config(path: Path, config: Config) -> None:
 
 
 def export_weights(fabric, model: torch.nn.Module, config: Config, out_dir: Path,
-                   tokenizer_dir: Optional[Path] = None) -> None:
+                   tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None) -> None:
     """Collective: gathers full weights and writes `lit_model.pth` + `lit_config.json` (rank 0)."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if fabric.global_rank == 0:
-        write_weights(state, config, out_dir, tokenizer_dir)
+        write_weights(state, config, out_dir, tokenizer_dir, training)
     fabric.barrier()
 
 
 def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
-                  tokenizer_dir: Optional[Path] = None) -> None:
+                  tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None) -> None:
+    """`training` ({step, tokens, flops}) goes to training.json: growth records it as the base model's cost."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "lit_model.pth.tmp"
     torch.save(state, tmp)
     tmp.replace(out_dir / "lit_model.pth")
     config.to_json(out_dir / "lit_config.json")
+    if training is not None:
+        (out_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     if tokenizer_dir is not None:
         for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
             if (tokenizer_dir / name).is_file():

@@ -123,12 +123,13 @@ def initial_weights_path(args: TrainArgs) -> Path:
     return path
 
 
-def base_model_flops(args: TrainArgs) -> float:
-    """A grown model's FLOPs start at its base model's (the paper counts C = C_base + C_grown, §5.4)."""
+def growth_record(args: TrainArgs) -> dict:
+    """growth.json beside --initial_checkpoint: the base model's tokens and FLOPs (the paper counts
+    C = C_base + C_grown, §5.4), or {} when starting from weights that were not grown."""
     if not args.initial_checkpoint:
-        return 0.0
+        return {}
     growth = initial_weights_path(args).parent / "growth.json"
-    return float(json.loads(growth.read_text()).get("base_flops") or 0.0) if growth.is_file() else 0.0
+    return json.loads(growth.read_text()) if growth.is_file() else {}
 
 
 def fsdp2(model: torch.nn.Module, device_mesh, activation_checkpointing: bool, compile: bool):
@@ -252,9 +253,12 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         resume_step = step
         fabric.print(f"resumed from {resume_path} at step {step} ({tokens:,} tokens)")
     else:
-        flops = base_model_flops(args)
-        if args.skip_tokens:
-            loader.skip_blocks(args.skip_tokens // (block + 1))
+        growth = growth_record(args)
+        flops = float(growth.get("base_flops") or 0.0)
+        skip = args.skip_tokens if args.skip_tokens is not None else int(growth.get("base_tokens") or 0)
+        if skip:  # a grown model continues the stream where its base stopped (paper: fresh data after growth)
+            loader.skip_blocks(skip // block)
+            fabric.print(f"skipped the first {skip:,} tokens of the training stream")
 
     flops_per_step = flops_per_token(config, block) * tokens_per_step
     monitor = Throughput(tokens_per_step, flops_per_step, device_peak_flops(fabric.device), world)
@@ -318,7 +322,8 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     if last_saved != step:
         save()
     tok = tokenizer_dir(args)
-    ckpt.export_weights(fabric, model.module, config, out_dir / "final", tok)
+    ckpt.export_weights(fabric, model.module, config, out_dir / "final", tok,
+                        {"step": step, "tokens": tokens, "flops": flops})
     fabric.print(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}")
     if logger:
         logger.close()

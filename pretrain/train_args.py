@@ -49,7 +49,9 @@ class TrainArgs:
     resume: Optional[str] = field(default=None, metadata=_h("'auto' (newest step-* in out_dir) or a checkpoint"))
     initial_checkpoint: Optional[str] = field(default=None, metadata=_h(
         "start from these weights (lit_model.pth or a directory holding it) with a fresh optimizer"))
-    skip_tokens: int = field(default=0, metadata=_h("skip this many tokens of the training stream first"))
+    skip_tokens: Optional[int] = field(default=None, metadata=_h(
+        "skip this many tokens of the training stream first (default: the base model's tokens from the "
+        "growth.json beside --initial_checkpoint, else 0)"))
     seed: int = field(default=3407, metadata=_h("seed of initialisation and data order"))
     n_chunks: int = field(default=8, metadata=_h("files per shuffle buffer of the packed data reader"))
     compile: bool = field(default=False, metadata=_h("torch.compile the blocks"))

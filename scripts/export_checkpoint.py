@@ -5,6 +5,7 @@ converters and eval read). Runs in one process whatever the number of ranks that
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def export(checkpoint_dir: Path, out_dir: Path = None, tokenizer_dir: Path = Non
         path = find_latest(path) or path
     state = consolidate(path)
     out = out_dir or path / "export"
-    write_weights(state, Config.from_json(path / "lit_config.json"), out, tokenizer_dir)
+    meta = json.loads((path / "meta.json").read_text())
+    training = {k: meta[k] for k in ("step", "tokens", "flops")}
+    write_weights(state, Config.from_json(path / "lit_config.json"), out, tokenizer_dir, training)
     print(f"wrote {out / 'lit_model.pth'} from {path}", file=sys.stderr)
 
 if __name__ == "__main__":

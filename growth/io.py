@@ -1,0 +1,104 @@
+"""Reading a source checkpoint (any of the forms we and upstream write) and writing a grown one atomically."""
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from lit_gpt.checkpoint import consolidate
+from lit_gpt.config import Config
+from lit_gpt.convert import expected_shapes
+from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict
+
+WEIGHT_FILES = ("lit_model.pth", "lit_model.safetensors")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass
+class Source:
+    path: Path
+    config: Config
+    state: Dict[str, torch.Tensor]
+    sha256: str
+    training: Dict[str, Any] = field(default_factory=dict)  # step, tokens, flops of the base run, when known
+    directory: Optional[Path] = None
+
+
+def load_source(src: Path, config_name: Optional[str] = None) -> Source:
+    """A weights-only directory or file, an upstream `iter-*-ckpt.pth`, or a training checkpoint `step-*/`."""
+    if not src.exists():
+        raise CheckpointError(f"source checkpoint not found: {src}")
+    if src.is_dir() and (src / "meta.json").is_file():  # our training checkpoint (sharded or not)
+        meta = json.loads((src / "meta.json").read_text())
+        config = Config.load(config_name) if config_name else Config.from_json(src / "lit_config.json")
+        state = consolidate(src)
+        training = {k: meta[k] for k in ("step", "tokens", "flops") if k in meta}
+        return Source(src, config, state, _sha256_dir(src), training, src)
+    if src.is_dir():
+        weights = next((src / f for f in WEIGHT_FILES if (src / f).is_file()), None)
+        if weights is None:
+            raise CheckpointError(f"{src} holds neither {' nor '.join(WEIGHT_FILES)} nor a training checkpoint")
+    else:
+        weights = src
+    directory = weights.parent
+    if config_name:
+        config = Config.load(config_name)
+    elif (directory / "lit_config.json").is_file():
+        config = Config.from_json(directory / "lit_config.json")
+    else:
+        raise CheckpointError(f"no lit_config.json beside {weights}; pass --src_config NAME")
+    state = load_state_dict(weights)
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    check_state_dict(state, expected_shapes(config), f"source {weights}")
+    training_file = directory / "training.json"
+    training = json.loads(training_file.read_text()) if training_file.is_file() else {}
+    return Source(weights, config, state, _sha256_file(weights), training, directory)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_dir(path: Path) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file()):
+        digest.update(f.name.encode())
+        digest.update(_sha256_file(f).encode())
+    return digest.hexdigest()
+
+
+def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, record: Dict[str, Any],
+                source: Source, force: bool, safetensors: bool = False) -> None:
+    """Writes lit_model.pth (or .safetensors), lit_config.json, growth.json and the source's tokenizer files
+    into a temporary directory beside `out`, then renames it into place."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
+    check_state_dict(state, expected_shapes(config), "grown model")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if safetensors:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "lit_model.safetensors"))
+        else:
+            torch.save(state, tmp / "lit_model.pth")
+        config.to_json(tmp / "lit_config.json")
+        (tmp / "growth.json").write_text(json.dumps(record, indent=2) + "\n")
+        for name in TOKENIZER_FILES if source.directory else ():
+            if (source.directory / name).is_file():
+                shutil.copy2(source.directory / name, tmp / name)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

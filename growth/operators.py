@@ -1,0 +1,120 @@
+"""Growth operators: pure functions (source config, source state dict, target config, options) -> target state.
+
+Depth operators keep the width and build each target layer from a source layer given by an index map
+(`growth.layers.resolve`); reference stacking-paper.md §3-4.
+"""
+
+import math
+import re
+from typing import Dict, List, Sequence
+
+import torch
+
+from lit_gpt.config import Config
+
+State = Dict[str, torch.Tensor]
+LAYER_KEY = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")
+WIDTH_FIELDS = ("n_embd", "n_head", "n_query_groups", "intermediate_size", "padded_vocab_size", "_norm_class",
+                "_mlp_class", "bias", "parallel_residual", "shared_attention_norm", "rotary_percentage",
+                "rope_base", "norm_eps")
+
+
+def check_same_width(src: Config, tgt: Config) -> None:
+    diff = [f"{f} {getattr(src, f)} -> {getattr(tgt, f)}" for f in WIDTH_FIELDS if getattr(src, f) != getattr(tgt, f)]
+    if diff:
+        raise ValueError(f"depth operators keep the width, but the target changes {', '.join(diff)}; "
+                         "pick a target config that differs from the source only in n_layer")
+
+
+def split_layers(state: State):
+    """(shared tensors, {source layer: {suffix: tensor}})."""
+    shared, layers = {}, {}
+    for key, tensor in state.items():
+        match = LAYER_KEY.match(key)
+        if match:
+            layers.setdefault(int(match.group(1)), {})[match.group(2)] = tensor
+        else:
+            shared[key] = tensor
+    return shared, layers
+
+
+def stack(src: Config, state: State, tgt: Config, index_map: Sequence[int]) -> State:
+    """G_stack (G↑direct), paper §4 and App. A.3, Alg. 1: target layer j is a copy of source layer map[j].
+
+    With the default cyclic map (j mod l) this is M' = M ∘ M ∘ ... ∘ M; the embedding, final norm and
+    LM head are copied once. Nothing is rescaled: the grown model computes a different function
+    (the loss spike of App. K is expected).
+    """
+    check_same_width(src, tgt)
+    shared, layers = split_layers(state)
+    _check_map(index_map, src, tgt, layers)
+    out = {k: v.clone() for k, v in shared.items()}
+    for j, s in enumerate(index_map):
+        for suffix, tensor in layers[s].items():
+            out[f"transformer.h.{j}.{suffix}"] = tensor.clone()
+    return out
+
+
+def zero_depth(src: Config, state: State, tgt: Config, index_map: Sequence[int]) -> State:
+    """G↑zero (LEMON's depth rule), paper App. A.1.3 and A.4 "Depth": stack, then zero the output projections
+    (attention `proj`, SwiGLU `w3`) of every repeated copy of a source layer.
+
+    The first occurrence of each source layer keeps its weights; each later copy becomes x + 0 + 0, an exact
+    identity through the residual stream, so the grown model computes the source model's function exactly
+    (whatever the order of the map, as long as every source layer appears in source order once).
+    """
+    out = stack(src, state, tgt, index_map)
+    first = {}
+    for j, s in enumerate(index_map):
+        first.setdefault(s, j)
+    kept = [first[s] for s in sorted(first)]
+    if sorted(first) != list(range(src.n_layer)) or kept != sorted(kept):
+        raise ValueError("zero-depth preserves the function only if the first copies of the source layers appear "
+                         "in source order and cover all of them; use a cyclic or interleave map")
+    for j, s in enumerate(index_map):
+        if first[s] != j:
+            out[f"transformer.h.{j}.attn.proj.weight"].zero_()
+            out[f"transformer.h.{j}.mlp.swiglu.w3.weight"].zero_()
+    return out
+
+
+def add_noise(state: State, tgt: Config, alpha: float, generator: torch.Generator) -> State:
+    """Noise injection, paper §5.2 and App. I.2 Eqs. 53-54: W <- (1 - alpha) W + alpha eps for every weight matrix.
+
+    eps follows the fresh-initialisation distribution of its tensor: N(0, 1 / (d L^2)) for the residual-branch
+    outputs (attention `proj`, SwiGLU `w3`), N(0, 2 / (5 d)) for the embedding, the LM head and every other
+    Linear; d and L are the target's width and depth. Norm weights are left alone.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"--noise must be in [0, 1], got {alpha}")
+    if alpha == 0.0:
+        return state
+    d = tgt.n_embd
+    out = {}
+    for key, tensor in state.items():
+        if tensor.ndim != 2:
+            out[key] = tensor
+            continue
+        residual_out = key.endswith("attn.proj.weight") or key.endswith("swiglu.w3.weight")
+        std = 1.0 / (math.sqrt(d) * tgt.n_layer) if residual_out else math.sqrt(2.0 / (5 * d))
+        eps = torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * std
+        out[key] = ((1 - alpha) * tensor.float() + alpha * eps).to(tensor.dtype)
+    return out
+
+
+def _check_map(index_map: Sequence[int], src: Config, tgt: Config, layers: Dict[int, State]) -> None:
+    if len(index_map) != tgt.n_layer:
+        raise ValueError(f"the layer map has {len(index_map)} layers but the target {tgt.name} has {tgt.n_layer}")
+    bad = [s for s in index_map if not 0 <= s < src.n_layer]
+    if bad:
+        raise ValueError(f"the layer map uses source layer {bad[0] + 1}, but the source has {src.n_layer} layers")
+    missing = [s for s in range(src.n_layer) if s not in layers]
+    if missing:
+        raise ValueError(f"the source checkpoint has no tensors for layer {missing[0]}")
+
+
+DEPTH_OPERATORS = {"stack": stack, "direct-depth": stack, "zero-depth": zero_depth}
+
+
+def operator_names() -> List[str]:
+    return sorted(DEPTH_OPERATORS)

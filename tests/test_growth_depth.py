@@ -1,0 +1,156 @@
+"""Depth operators: exact index maps, exact function preservation, noise, and the grow command."""
+
+import json
+
+import pytest
+import torch
+from conftest import small_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from growth.operators import add_noise, stack, zero_depth
+from lit_gpt import GPT
+
+KINDS = ("mha", "gqa", "mqa")
+
+
+def base_model(kind, n_layer, seed=0):
+    torch.manual_seed(seed)
+    return GPT(small_config(kind, n_layer=n_layer))
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(KINDS), base=st.integers(1, 4), data=st.data())
+def test_stack_places_source_layer_map_j_at_j(kind, base, data):
+    target = data.draw(st.integers(1, 9))
+    index_map = data.draw(st.lists(st.integers(0, base - 1), min_size=target, max_size=target))
+    src = base_model(kind, base)
+    out = stack(src.config, src.state_dict(), small_config(kind, n_layer=target), index_map)
+    sd = src.state_dict()
+    for j, s in enumerate(index_map):
+        for suffix in ("norm_1.weight", "attn.attn.weight", "attn.proj.weight", "norm_2.weight",
+                       "mlp.swiglu.w1.weight", "mlp.swiglu.w2.weight", "mlp.swiglu.w3.weight"):
+            assert torch.equal(out[f"transformer.h.{j}.{suffix}"], sd[f"transformer.h.{s}.{suffix}"])
+    for key in ("transformer.wte.weight", "transformer.ln_f.weight", "lm_head.weight"):
+        assert torch.equal(out[key], sd[key])
+    out["transformer.h.0.attn.attn.weight"].add_(1.0)  # copies are independent tensors
+    assert not torch.equal(out["transformer.h.0.attn.attn.weight"], sd[f"transformer.h.{index_map[0]}.attn.attn.weight"])
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(KINDS), base=st.integers(1, 3), g=st.integers(1, 4), order=st.sampled_from(["cyc", "int"]))
+def test_zero_depth_preserves_the_function(kind, base, g, order):
+    src = base_model(kind, base)
+    index_map = [j % base for j in range(base * g)] if order == "cyc" else [j // g for j in range(base * g)]
+    tgt_config = small_config(kind, n_layer=base * g)
+    grown = GPT(tgt_config)
+    grown.load_state_dict(zero_depth(src.config, src.state_dict(), tgt_config, index_map))
+    idx = torch.randint(0, 96, (2, 32))
+    with torch.no_grad():
+        assert (grown(idx) - src(idx)).abs().max().item() <= 1e-5
+
+
+def test_stack_changes_the_function_and_zero_depth_rejects_bad_orders():
+    src = base_model("gqa", 2)
+    tgt = small_config("gqa", n_layer=4)
+    grown = GPT(tgt)
+    grown.load_state_dict(stack(src.config, src.state_dict(), tgt, [0, 1, 0, 1]))
+    idx = torch.randint(0, 96, (1, 16))
+    with torch.no_grad():
+        assert (grown(idx) - src(idx)).abs().max().item() > 1e-3  # G_stack is not function preserving
+    with pytest.raises(ValueError, match="source order"):
+        zero_depth(src.config, src.state_dict(), tgt, [1, 0, 1, 0])
+
+
+def test_noise_follows_the_init_distributions():
+    src = base_model("mha", 2)
+    tgt = small_config("mha", n_layer=2, n_embd=256, n_head=4, n_query_groups=4, intermediate_size=512)
+    zeros = {k: torch.zeros_like(v) for k, v in GPT(tgt).state_dict().items()}
+    noisy = add_noise(zeros, tgt, 1.0, torch.Generator().manual_seed(0))
+    assert noisy["transformer.h.0.attn.attn.weight"].std().item() == pytest.approx((2 / 5 / 256) ** 0.5, rel=0.02)
+    assert noisy["transformer.h.1.mlp.swiglu.w3.weight"].std().item() == pytest.approx(1 / 16 / 2, rel=0.02)
+    assert torch.equal(noisy["transformer.ln_f.weight"], zeros["transformer.ln_f.weight"])
+    sd = src.state_dict()
+    assert add_noise(sd, src.config, 0.0, torch.Generator()) is sd
+    mixed = add_noise(sd, src.config, 0.2, torch.Generator().manual_seed(1))
+    eps = (mixed["lm_head.weight"] - 0.8 * sd["lm_head.weight"]) / 0.2
+    assert eps.std().item() == pytest.approx((2 / 5 / 64) ** 0.5, rel=0.05)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        add_noise(sd, src.config, 1.5, torch.Generator())
+
+
+def test_depth_operators_refuse_width_changes():
+    src = base_model("gqa", 2)
+    with pytest.raises(ValueError, match="n_embd 64 -> 128"):
+        stack(src.config, src.state_dict(), small_config("gqa", n_layer=4, n_embd=128), [0, 1, 0, 1])
+
+
+# ---- the command line ----
+
+def save_base(directory, kind="gqa", n_layer=2, training=None):
+    model = base_model(kind, n_layer)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / "lit_model.pth")
+    model.config.to_json(directory / "lit_config.json")
+    if training:
+        (directory / "training.json").write_text(json.dumps(training))
+    return model
+
+
+def grow_cli(capsys, *args):
+    from growth.__main__ import main
+
+    code = main(["grow", *map(str, args)])
+    return code, capsys.readouterr()
+
+
+def test_grow_writes_weights_config_and_record(tmp_path, capsys):
+    base = save_base(tmp_path / "base", training={"step": 10, "tokens": 5120, "flops": 1.25e9})
+    target = tmp_path / "target.json"
+    small_config("gqa", n_layer=6).to_json(target)
+    code, out = grow_cli(capsys, "--src", tmp_path / "base", "--target", target, "--op", "zero-depth",
+                         "--layers", "interleave", "--out", tmp_path / "grown")
+    assert code == 0, out.err
+    record = json.loads((tmp_path / "grown" / "growth.json").read_text())
+    assert record["index_map"] == [0, 0, 0, 1, 1, 1]
+    assert record["connection_rate"] == pytest.approx(1 / 5)
+    assert (record["base_tokens"], record["base_flops"], record["operator"]) == (5120, 1.25e9, "zero-depth")
+    assert len(record["source"]["sha256"]) == 64
+    grown = GPT(small_config("gqa", n_layer=6))
+    grown.load_state_dict(torch.load(tmp_path / "grown" / "lit_model.pth", weights_only=True))
+    idx = torch.randint(0, 96, (1, 32))
+    with torch.no_grad():
+        assert (grown(idx) - base(idx)).abs().max().item() <= 1e-5
+
+
+def assert_refused(code, out, *words):
+    assert code == 1
+    errors = [line for line in out.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out.err
+    for w in words:
+        assert w in errors[0], errors[0]
+
+
+def test_grow_bad_input_writes_nothing(tmp_path, capsys):
+    save_base(tmp_path / "base")
+    target = tmp_path / "target.json"
+    small_config("gqa", n_layer=4).to_json(target)
+    common = ("--src", tmp_path / "base", "--target", target, "--out", tmp_path / "o")
+    assert_refused(*grow_cli(capsys, *common, "--op", "nope"), "unknown operator")
+    assert_refused(*grow_cli(capsys, *common, "--op", "stack", "--layers", "123*2"), "2 layers")
+    assert_refused(*grow_cli(capsys, *common, "--op", "stack", "--layers", "1234"), "4")
+    small_config("gqa", n_layer=4, vocab_size=200).to_json(target)
+    assert_refused(*grow_cli(capsys, *common, "--op", "stack"), "vocabulary")
+    small_config("gqa", n_layer=4, n_embd=32).to_json(target)
+    assert_refused(*grow_cli(capsys, *common, "--op", "stack"), "keep the width")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "lit_model.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "base" / "lit_config.json").rename(tmp_path / "corrupt" / "lit_config.json")
+    small_config("gqa", n_layer=4).to_json(target)
+    assert_refused(*grow_cli(capsys, "--src", tmp_path / "corrupt", "--target", target, "--out", tmp_path / "o",
+                             "--op", "stack"), "cannot read")
+    assert not (tmp_path / "o").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep").write_text("x")
+    assert_refused(*grow_cli(capsys, *common, "--op", "stack"), "--force")

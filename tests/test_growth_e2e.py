@@ -1,0 +1,34 @@
+"""Train a base, grow it, continue training from the grown weights: the data stream and FLOPs carry over."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from test_pretrain import MODEL, data_dir, metrics, train  # noqa: F401 - data_dir is a fixture
+
+from lit_gpt import Config
+
+
+def run(*args):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_function_preserving_growth_continues_the_base_run(data_dir, tmp_path):  # noqa: F811
+    train(data_dir, tmp_path / "base", "--max_steps", 5, "--eval_interval", 0, "--save_interval", 4)
+    run("scripts/export_checkpoint.py", "--checkpoint_dir", tmp_path / "base" / "step-00000004",
+        "--out_dir", tmp_path / "base4")
+    target = tmp_path / "target.json"
+    Config(**{**MODEL, "n_layer": 4}).to_json(target)
+    for op in ("zero-depth", "stack"):
+        run("-m", "growth", "grow", "--src", tmp_path / "base4", "--target", target, "--op", op,
+            "--out", tmp_path / op)
+        train(data_dir, tmp_path / f"run-{op}", "--model_name", target, "--max_steps", 2, "--eval_interval", 0,
+              "--initial_checkpoint", tmp_path / op)
+    base, zero, stacked = metrics(tmp_path / "base"), metrics(tmp_path / "run-zero-depth"), metrics(tmp_path / "run-stack")
+    # the grown run reads the batch the base run would have read next (step 5), with the base's function
+    assert float(zero[1]["train_loss"]) == pytest.approx(float(base[5]["train_loss"]), abs=1e-5)
+    assert abs(float(stacked[1]["train_loss"]) - float(base[5]["train_loss"])) > 1e-3  # G_stack: not preserving
+    grown_step_flops = float(zero[2]["flops"]) - float(zero[1]["flops"])
+    assert float(zero[1]["flops"]) == pytest.approx(float(base[4]["flops"]) + grown_step_flops)
