@@ -8,14 +8,19 @@ import torch
 
 from growth.io import load_source, write_grown
 from growth.layers import connection_rate, resolve
-from growth.operators import DEPTH_OPERATORS, add_noise
+from growth.operators import DEPTH_OPERATORS, add_noise, random_depth, random_depth_masked_layers
 from lit_gpt.config import Config
+
+
+OPERATORS = sorted([*DEPTH_OPERATORS, "random-depth"])
 
 
 def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noise: float = 0.0, seed: int = 3407,
          force: bool = False, src_config: Optional[str] = None, safetensors: bool = False) -> dict:
-    if op not in DEPTH_OPERATORS:
-        raise ValueError(f"unknown operator {op!r}; available: {', '.join(sorted(DEPTH_OPERATORS))}")
+    if op not in OPERATORS:
+        raise ValueError(f"unknown operator {op!r}; available: {', '.join(OPERATORS)}")
+    if op == "random-depth" and layers != "cyclic":
+        raise ValueError("random-depth keeps the source layers in place and adds new ones on top; drop --layers")
     tgt = Config.load(target)
     if out.exists() and any(out.iterdir()) and not force:  # before any reading: it may take minutes
         raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
@@ -23,13 +28,22 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
     if tgt.padded_vocab_size != source.config.padded_vocab_size:
         raise ValueError(f"the target {tgt.name} has {tgt.padded_vocab_size} vocabulary rows, the source "
                          f"{source.config.padded_vocab_size}: growth keeps the vocabulary")
-    index_map = resolve(layers, source.config.n_layer, tgt.n_layer)
-    state = DEPTH_OPERATORS[op](source.config, source.state, tgt, index_map)
-    state = add_noise(state, tgt, noise, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    masked_layers = []
+    if op == "random-depth":
+        state = random_depth(source.config, source.state, tgt, generator)
+        masked_layers = random_depth_masked_layers(source.config, tgt)
+        index_map = [j if j < source.config.n_layer else None for j in range(tgt.n_layer)]
+        rate = None
+    else:
+        index_map = resolve(layers, source.config.n_layer, tgt.n_layer)
+        state = DEPTH_OPERATORS[op](source.config, source.state, tgt, index_map)
+        rate = connection_rate(index_map)
+    state = add_noise(state, tgt, noise, generator)
     record = {
         "operator": op, "options": {"layers": layers, "noise": noise, "seed": seed},
         "source": {"path": str(source.path.resolve()), "sha256": source.sha256, "config": source.config.name},
-        "target": tgt.name, "index_map": index_map, "connection_rate": connection_rate(index_map),
+        "target": tgt.name, "index_map": index_map, "connection_rate": rate, "masked_layers": masked_layers,
         "base_step": source.training.get("step"), "base_tokens": source.training.get("tokens"),
         "base_flops": source.training.get("flops"),
     }
@@ -44,7 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--src", type=Path, required=True, help="base checkpoint: a directory with lit_model.pth and "
                    "lit_config.json, such a file, an upstream iter-*-ckpt.pth, or a training checkpoint step-*/")
     p.add_argument("--target", required=True, help="target config: a name (e.g. 24L2048H) or a lit_config.json")
-    p.add_argument("--op", required=True, help=f"operator: {', '.join(sorted(DEPTH_OPERATORS))}")
+    p.add_argument("--op", required=True, help=f"operator: {', '.join(OPERATORS)}")
     p.add_argument("--layers", default="cyclic", help="layer map for depth growth: cyclic (default), interleave, "
                    "solar:K, the paper's notation (12-3456*5-56) or ranges ((1-12)*2); see python -m growth layers")
     p.add_argument("--noise", type=float, default=0.0, help="alpha of W <- (1-alpha) W + alpha eps (default 0)")
@@ -58,7 +72,8 @@ def main(argv=None) -> int:
     def run() -> None:
         record = grow(args.src, args.target, args.op, args.out, args.layers, args.noise, args.seed, args.force,
                       args.src_config, args.safetensors)
-        print(f"grew {record['source']['config']} -> {record['target']} with {record['operator']}: "
-              f"R_c = {record['connection_rate']:.1%}; wrote {args.out}")
+        rate = record["connection_rate"]
+        print(f"grew {record['source']['config']} -> {record['target']} with {record['operator']}"
+              + (f": R_c = {rate:.1%}" if rate is not None else "") + f"; wrote {args.out}")
 
     return exit_code(run)

@@ -11,6 +11,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from lit_gpt.config import Config
+from lit_gpt.model import Block, init_weights
 
 State = Dict[str, torch.Tensor]
 LAYER_KEY = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")
@@ -76,6 +77,32 @@ def zero_depth(src: Config, state: State, tgt: Config, index_map: Sequence[int])
             out[f"transformer.h.{j}.attn.proj.weight"].zero_()
             out[f"transformer.h.{j}.mlp.swiglu.w3.weight"].zero_()
     return out
+
+
+def random_depth(src: Config, state: State, tgt: Config, generator: torch.Generator) -> State:
+    """G↑random (MSG-style), paper App. A.1.4 and A.5: source layers keep positions 0..l-1, layers l..L-1 are
+    new and freshly initialised (upstream's init for the target), and their residual branches are scaled
+    by a mask c ramped 0 -> 1 during training: Y = X + c MHA(RMSNorm(X)), Y = X + c SwiGLU(RMSNorm(X)).
+
+    At c = 0 the grown model computes the source's function exactly. The new layers are listed by
+    `random_depth_masked_layers`; `pretrain/tinyllama.py` ramps their mask over --mask_ramp_steps.
+    """
+    check_same_width(src, tgt)
+    if tgt.n_layer <= src.n_layer:
+        raise ValueError(f"random-depth adds layers: the target has {tgt.n_layer}, the source {src.n_layer}")
+    out = stack(src, state, tgt, list(range(src.n_layer)) + [0] * (tgt.n_layer - src.n_layer))
+    for j in random_depth_masked_layers(src, tgt):
+        block = Block(tgt)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+            block.apply(lambda m: init_weights(m, tgt.n_embd, tgt.n_layer))
+        for suffix, tensor in block.state_dict().items():
+            out[f"transformer.h.{j}.{suffix}"] = tensor.to(out[f"transformer.h.{j}.{suffix}"].dtype)
+    return out
+
+
+def random_depth_masked_layers(src: Config, tgt: Config) -> List[int]:
+    return list(range(src.n_layer, tgt.n_layer))
 
 
 def add_noise(state: State, tgt: Config, alpha: float, generator: torch.Generator) -> State:

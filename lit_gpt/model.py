@@ -44,16 +44,7 @@ class GPT(nn.Module):
         self.rope_cos, self.rope_sin = cos, sin
 
     def _init_weights(self, module: nn.Module, n_layer: int) -> None:
-        n_embd = self.config.n_embd
-        if isinstance(module, (nn.Embedding, nn.Linear)):
-            nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / 5 / n_embd))
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, rmsnorm.RMSNorm):
-            module.reset_parameters()
-        if isinstance(module, (CausalSelfAttention, SwiGLU)):
-            out = module.proj if isinstance(module, CausalSelfAttention) else module.w3
-            nn.init.normal_(out.weight, mean=0.0, std=1 / math.sqrt(n_embd) / n_layer)
+        init_weights(module, self.config.n_embd, n_layer)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, padded_vocab_size)."""
@@ -69,6 +60,30 @@ class GPT(nn.Module):
     @classmethod
     def from_name(cls, name: str, **overrides) -> "GPT":
         return cls(Config.from_name(name, **overrides))
+
+    def set_growth_mask(self, layers, value: float) -> None:
+        """Scales the residual branches of `layers` by `value` (G_random's mask c, paper App. A.5): a
+        non-persistent buffer, so checkpoints keep upstream's keys; the training loop ramps it 0 -> 1."""
+        for i in layers:
+            block = self.transformer.h[i]
+            if getattr(block, "growth_mask", None) is None:
+                block.register_buffer("growth_mask", torch.tensor(float(value), device=block.norm_1.weight.device),
+                                      persistent=False)
+            else:
+                block.growth_mask.fill_(value)
+
+
+def init_weights(module: nn.Module, n_embd: int, n_layer: int) -> None:
+    """Upstream's init of one module (see `GPT.reset_parameters`); growth uses it for new parameters."""
+    if isinstance(module, (nn.Embedding, nn.Linear)):
+        nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / 5 / n_embd))
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, rmsnorm.RMSNorm):
+        module.reset_parameters()
+    if isinstance(module, (CausalSelfAttention, SwiGLU)):
+        out = module.proj if isinstance(module, CausalSelfAttention) else module.w3
+        nn.init.normal_(out.weight, mean=0.0, std=1 / math.sqrt(n_embd) / n_layer)
 
 
 def norm_class(config: Config) -> type:
@@ -86,13 +101,18 @@ class Block(nn.Module):
         self.config = config
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        mask = getattr(self, "growth_mask", None)  # only on layers added by masked growth (GPT.set_growth_mask)
         n_1 = self.norm_1(x)
         h = self.attn(n_1, cos, sin)
+        if mask is not None:
+            h = h * mask
         if self.config.parallel_residual:
             n_2 = n_1 if self.config.shared_attention_norm else self.norm_2(x)
-            return x + h + self.mlp(n_2)
+            m = self.mlp(n_2)
+            return x + h + (m * mask if mask is not None else m)
         x = x + h
-        return x + self.mlp(self.norm_2(x))
+        m = self.mlp(self.norm_2(x))
+        return x + (m * mask if mask is not None else m)
 
 
 class CausalSelfAttention(nn.Module):

@@ -231,8 +231,12 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     fabric.seed_everything(args.seed)
 
     model = GPT(config)  # full init on every rank with one seed: identical to a single-process run
+    growth = growth_record(args)
     if args.initial_checkpoint:
         model.load_state_dict(load_state_dict(initial_weights_path(args)))
+    masked = growth.get("masked_layers") or []
+    if masked:
+        model.set_growth_mask(masked, 0.0)
     if strategy_name != "fsdp":
         model.transformer.h = torch.nn.ModuleList(
             _wrap_block(b, args.activation_checkpointing, args.compile) for b in model.transformer.h)
@@ -253,7 +257,6 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         resume_step = step
         fabric.print(f"resumed from {resume_path} at step {step} ({tokens:,} tokens)")
     else:
-        growth = growth_record(args)
         flops = float(growth.get("base_flops") or 0.0)
         skip = args.skip_tokens if args.skip_tokens is not None else int(growth.get("base_tokens") or 0)
         if skip:  # a grown model continues the stream where its base stopped (paper: fresh data after growth)
@@ -284,6 +287,8 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
             requeue(fabric, stop.received)
             return
         lr = get_lr(step, args, max_steps)
+        if masked:
+            set_masks(model, min(1.0, step / max(1, args.mask_ramp_steps)))
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=fabric.device)
@@ -327,6 +332,13 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     fabric.print(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}")
     if logger:
         logger.close()
+
+
+def set_masks(model: torch.nn.Module, value: float) -> None:
+    """Every growth mask of the (possibly sharded, compiled or checkpoint-wrapped) model, in place."""
+    for name, buffer in model.named_buffers():
+        if name.endswith("growth_mask"):
+            buffer.fill_(value)
 
 
 def requeue(fabric, signum: Optional[int]) -> None:

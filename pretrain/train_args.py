@@ -52,6 +52,8 @@ class TrainArgs:
     skip_tokens: Optional[int] = field(default=None, metadata=_h(
         "skip this many tokens of the training stream first (default: the base model's tokens from the "
         "growth.json beside --initial_checkpoint, else 0)"))
+    mask_ramp_steps: int = field(default=5000, metadata=_h(
+        "steps over which the mask of layers added by random-depth growth ramps from 0 to 1"))
     seed: int = field(default=3407, metadata=_h("seed of initialisation and data order"))
     n_chunks: int = field(default=8, metadata=_h("files per shuffle buffer of the packed data reader"))
     compile: bool = field(default=False, metadata=_h("torch.compile the blocks"))

@@ -154,3 +154,33 @@ def test_grow_bad_input_writes_nothing(tmp_path, capsys):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "keep").write_text("x")
     assert_refused(*grow_cli(capsys, *common, "--op", "stack"), "--force")
+
+
+@settings(max_examples=15, deadline=None)
+@given(kind=st.sampled_from(KINDS), base=st.integers(1, 3), extra=st.integers(1, 4))
+def test_random_depth_at_mask_zero_preserves_the_function(kind, base, extra):
+    from growth.operators import random_depth
+
+    src = base_model(kind, base)
+    tgt = small_config(kind, n_layer=base + extra)
+    grown = GPT(tgt)
+    grown.load_state_dict(random_depth(src.config, src.state_dict(), tgt, torch.Generator().manual_seed(0)))
+    grown.set_growth_mask(range(base, base + extra), 0.0)
+    idx = torch.randint(0, 96, (2, 32))
+    with torch.no_grad():
+        assert (grown(idx) - src(idx)).abs().max().item() <= 1e-5
+        grown.set_growth_mask(range(base, base + extra), 1.0)
+        assert (grown(idx) - src(idx)).abs().max().item() > 1e-4
+    assert "growth_mask" not in str(list(grown.state_dict()))  # checkpoints keep upstream's keys
+
+
+def test_random_depth_layers_are_fresh_init():
+    from growth.operators import random_depth
+
+    tgt = small_config("mha", n_layer=3, n_embd=256, intermediate_size=512)
+    src = GPT(small_config("mha", n_layer=1, n_embd=256, intermediate_size=512))
+    out = random_depth(src.config, src.state_dict(), tgt, torch.Generator().manual_seed(0))
+    assert torch.equal(out["transformer.h.0.attn.attn.weight"], src.state_dict()["transformer.h.0.attn.attn.weight"])
+    assert out["transformer.h.2.attn.attn.weight"].std().item() == pytest.approx((2 / 5 / 256) ** 0.5, rel=0.03)
+    assert out["transformer.h.2.attn.proj.weight"].std().item() == pytest.approx(1 / 16 / 3, rel=0.03)
+    assert not torch.equal(out["transformer.h.1.attn.attn.weight"], out["transformer.h.2.attn.attn.weight"])

@@ -21,14 +21,16 @@ def test_function_preserving_growth_continues_the_base_run(data_dir, tmp_path): 
         "--out_dir", tmp_path / "base4")
     target = tmp_path / "target.json"
     Config(**{**MODEL, "n_layer": 4}).to_json(target)
-    for op in ("zero-depth", "stack"):
+    for op in ("zero-depth", "stack", "random-depth"):
         run("-m", "growth", "grow", "--src", tmp_path / "base4", "--target", target, "--op", op,
             "--out", tmp_path / op)
         train(data_dir, tmp_path / f"run-{op}", "--model_name", target, "--max_steps", 2, "--eval_interval", 0,
-              "--initial_checkpoint", tmp_path / op)
+              "--initial_checkpoint", tmp_path / op, "--mask_ramp_steps", 4)
     base, zero, stacked = metrics(tmp_path / "base"), metrics(tmp_path / "run-zero-depth"), metrics(tmp_path / "run-stack")
+    masked = metrics(tmp_path / "run-random-depth")
     # the grown run reads the batch the base run would have read next (step 5), with the base's function
     assert float(zero[1]["train_loss"]) == pytest.approx(float(base[5]["train_loss"]), abs=1e-5)
+    assert float(masked[1]["train_loss"]) == pytest.approx(float(base[5]["train_loss"]), abs=1e-5)  # mask 0
     assert abs(float(stacked[1]["train_loss"]) - float(base[5]["train_loss"])) > 1e-3  # G_stack: not preserving
     grown_step_flops = float(zero[2]["flops"]) - float(zero[1]["flops"])
     assert float(zero[1]["flops"]) == pytest.approx(float(base[4]["flops"]) + grown_step_flops)
