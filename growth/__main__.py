@@ -1,8 +1,8 @@
-"""python -m growth {grow,layers} ...: see `python -m growth COMMAND --help`."""
+"""python -m growth {grow,layers,plan} ...: see `python -m growth COMMAND --help`."""
 
 import sys
 
-COMMANDS = ("grow", "layers")
+COMMANDS = ("grow", "layers", "plan")
 
 
 def main(argv=None) -> int:
@@ -12,8 +12,10 @@ def main(argv=None) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     if argv[0] == "grow":
         from growth.grow import main as command
-    else:
+    elif argv[0] == "layers":
         from growth.layers import main as command
+    else:
+        from growth.plan import main as command
     return command(argv[1:])
 
 

@@ -8,7 +8,8 @@ import torch
 
 from growth.io import load_source, write_grown
 from growth.layers import connection_rate, resolve
-from growth.operators import DEPTH_OPERATORS, add_noise, random_depth, random_depth_masked_layers
+from growth.operators import DEPTH_OPERATORS, add_noise, map_moments, random_depth, random_depth_masked_layers
+from lit_gpt.checkpoint import consolidate_optimizer
 from lit_gpt.config import Config
 
 
@@ -16,7 +17,8 @@ OPERATORS = sorted([*DEPTH_OPERATORS, "random-depth"])
 
 
 def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noise: float = 0.0, seed: int = 3407,
-         force: bool = False, src_config: Optional[str] = None, safetensors: bool = False) -> dict:
+         force: bool = False, src_config: Optional[str] = None, safetensors: bool = False,
+         carry_optimizer: bool = False) -> dict:
     if op not in OPERATORS:
         raise ValueError(f"unknown operator {op!r}; available: {', '.join(OPERATORS)}")
     if op == "random-depth" and layers != "cyclic":
@@ -25,6 +27,12 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
     if out.exists() and any(out.iterdir()) and not force:  # before any reading: it may take minutes
         raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
     source = load_source(src, src_config)
+    moments = None
+    if carry_optimizer:
+        if not (source.path / "meta.json").is_file():
+            raise ValueError("--carry_optimizer needs a training checkpoint (out_dir/step-XXXXXXXX/) as --src: "
+                             "weights-only exports hold no optimizer state")
+        moments = consolidate_optimizer(source.path)
     if tgt.padded_vocab_size != source.config.padded_vocab_size:
         raise ValueError(f"the target {tgt.name} has {tgt.padded_vocab_size} vocabulary rows, the source "
                          f"{source.config.padded_vocab_size}: growth keeps the vocabulary")
@@ -40,6 +48,10 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
         state = DEPTH_OPERATORS[op](source.config, source.state, tgt, index_map)
         rate = connection_rate(index_map)
     state = add_noise(state, tgt, noise, generator)
+    extra = {}
+    if moments is not None:
+        extra["optimizer_moments.pth"] = {"step": moments["step"],
+                                          **{k: map_moments(moments[k], index_map) for k in ("exp_avg", "exp_avg_sq")}}
     record = {
         "operator": op, "options": {"layers": layers, "noise": noise, "seed": seed},
         "source": {"path": str(source.path.resolve()), "sha256": source.sha256, "config": source.config.name},
@@ -47,7 +59,7 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
         "base_step": source.training.get("step"), "base_tokens": source.training.get("tokens"),
         "base_flops": source.training.get("flops"),
     }
-    write_grown(out, state, tgt, record, source, force, safetensors)
+    write_grown(out, state, tgt, record, source, force, safetensors, extra)
     return record
 
 
@@ -67,11 +79,14 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--src_config", default=None, help="the source's config when no lit_config.json is beside it")
     p.add_argument("--safetensors", action="store_true", help="write lit_model.safetensors instead of .pth")
+    p.add_argument("--carry_optimizer", action="store_true", help="also map the source's AdamW moments through the "
+                   "layer map into optimizer_moments.pth, for pretrain/tinyllama.py --optimizer_state carry "
+                   "(needs a training checkpoint step-*/ as --src)")
     args = p.parse_args(argv)
 
     def run() -> None:
         record = grow(args.src, args.target, args.op, args.out, args.layers, args.noise, args.seed, args.force,
-                      args.src_config, args.safetensors)
+                      args.src_config, args.safetensors, args.carry_optimizer)
         rate = record["connection_rate"]
         print(f"grew {record['source']['config']} -> {record['target']} with {record['operator']}"
               + (f": R_c = {rate:.1%}" if rate is not None else "") + f"; wrote {args.out}")

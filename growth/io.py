@@ -77,9 +77,9 @@ def _sha256_dir(path: Path) -> str:
 
 
 def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, record: Dict[str, Any],
-                source: Source, force: bool, safetensors: bool = False) -> None:
-    """Writes lit_model.pth (or .safetensors), lit_config.json, growth.json and the source's tokenizer files
-    into a temporary directory beside `out`, then renames it into place."""
+                source: Source, force: bool, safetensors: bool = False, extra: Optional[Dict[str, Any]] = None) -> None:
+    """Writes lit_model.pth (or .safetensors), lit_config.json, growth.json, the `extra` files and the
+    source's tokenizer files into a temporary directory beside `out`, then renames it into place."""
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
     check_state_dict(state, expected_shapes(config), "grown model")
@@ -94,6 +94,8 @@ def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, recor
             torch.save(state, tmp / "lit_model.pth")
         config.to_json(tmp / "lit_config.json")
         (tmp / "growth.json").write_text(json.dumps(record, indent=2) + "\n")
+        for name, obj in (extra or {}).items():
+            torch.save(obj, tmp / name)
         for name in TOKENIZER_FILES if source.directory else ():
             if (source.directory / name).is_file():
                 shutil.copy2(source.directory / name, tmp / name)

@@ -105,6 +105,17 @@ def random_depth_masked_layers(src: Config, tgt: Config) -> List[int]:
     return list(range(src.n_layer, tgt.n_layer))
 
 
+def map_moments(state: State, index_map: Sequence) -> State:
+    """Optimizer moments (or any per-parameter tensors) through a depth operator's layer map, for
+    `--optimizer_state carry`: target layer j gets source layer map[j]'s moments; a new layer (None) zeros."""
+    shared, layers = split_layers(state)
+    out = {k: v.clone() for k, v in shared.items()}
+    for j, s in enumerate(index_map):
+        for suffix, tensor in layers[0 if s is None else s].items():
+            out[f"transformer.h.{j}.{suffix}"] = torch.zeros_like(tensor) if s is None else tensor.clone()
+    return out
+
+
 def add_noise(state: State, tgt: Config, alpha: float, generator: torch.Generator) -> State:
     """Noise injection, paper §5.2 and App. I.2 Eqs. 53-54: W <- (1 - alpha) W + alpha eps for every weight matrix.
 

@@ -153,3 +153,32 @@ def _single_process_quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
         yield
+
+
+def consolidate_optimizer(path: Path) -> Dict[str, Any]:
+    """A training checkpoint's AdamW moments as plain tensors keyed by parameter name, read in one process:
+    {"step": float, "exp_avg": {name: tensor}, "exp_avg_sq": {name: tensor}}."""
+    weights = consolidate(path)
+    template = {name: {"step": torch.tensor(0.0), "exp_avg": torch.empty_like(t, dtype=torch.float32),
+                       "exp_avg_sq": torch.empty_like(t, dtype=torch.float32)} for name, t in weights.items()}
+    state = {"optimizer": {"state": template}}
+    try:
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=path, no_dist=True)
+    except Exception as e:  # noqa: BLE001 - e.g. a checkpoint saved before the first optimizer step
+        raise CheckpointError(f"{path} holds no AdamW state for every parameter ({type(e).__name__})") from None
+    steps = {float(v["step"]) for v in template.values()}
+    return {"step": max(steps), "exp_avg": {k: v["exp_avg"] for k, v in template.items()},
+            "exp_avg_sq": {k: v["exp_avg_sq"] for k, v in template.items()}}
+
+
+def carry_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, moments: Dict[str, Any]) -> None:
+    """Collective: installs full (unsharded) AdamW moments into a fresh optimizer, sharding them as the model."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    current = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    state = {name: {"step": torch.tensor(float(moments["step"])), "exp_avg": moments["exp_avg"][name],
+                    "exp_avg_sq": moments["exp_avg_sq"][name]} for name in moments["exp_avg"]}
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": current["param_groups"]},
+                             options=StateDictOptions(full_state_dict=True))
+

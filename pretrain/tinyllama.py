@@ -100,6 +100,10 @@ def validate(args: TrainArgs) -> Config:
     if args.initial_checkpoint:
         check_state_dict(load_state_dict(initial_weights_path(args)), {k: v.shape for k, v in _meta_state(config)},
                          f"--initial_checkpoint {args.initial_checkpoint}")
+    if args.optimizer_state == "carry" and not (args.initial_checkpoint and
+                                                (initial_weights_path(args).parent / "optimizer_moments.pth").is_file()):
+        raise UsageError("--optimizer_state carry needs --initial_checkpoint DIR holding optimizer_moments.pth: "
+                         "grow it with `python -m growth grow --carry_optimizer` from a training checkpoint")
     if args.resume and args.resume != "auto":
         path = Path(args.resume)
         if not (path / "meta.json").is_file():
@@ -257,6 +261,10 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         resume_step = step
         fabric.print(f"resumed from {resume_path} at step {step} ({tokens:,} tokens)")
     else:
+        if args.optimizer_state == "carry":
+            moments = torch.load(initial_weights_path(args).parent / "optimizer_moments.pth", weights_only=True)
+            ckpt.carry_optimizer_state(model.module, optimizer.optimizer, moments)
+            fabric.print(f"carried the base model's AdamW moments (step {moments['step']:.0f})")
         flops = float(growth.get("base_flops") or 0.0)
         skip = args.skip_tokens if args.skip_tokens is not None else int(growth.get("base_tokens") or 0)
         if skip:  # a grown model continues the stream where its base stopped (paper: fresh data after growth)

@@ -52,6 +52,9 @@ class TrainArgs:
     skip_tokens: Optional[int] = field(default=None, metadata=_h(
         "skip this many tokens of the training stream first (default: the base model's tokens from the "
         "growth.json beside --initial_checkpoint, else 0)"))
+    optimizer_state: str = field(default="reset", metadata=_h(
+        "with --initial_checkpoint: reset (fresh AdamW, the paper's choice) or carry (the base model's moments "
+        "mapped by `python -m growth grow --carry_optimizer`)", choices=["reset", "carry"]))
     mask_ramp_steps: int = field(default=5000, metadata=_h(
         "steps over which the mask of layers added by random-depth growth ramps from 0 to 1"))
     seed: int = field(default=3407, metadata=_h("seed of initialisation and data order"))

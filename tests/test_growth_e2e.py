@@ -4,10 +4,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 from test_pretrain import MODEL, data_dir, metrics, train  # noqa: F401 - data_dir is a fixture
 
 from lit_gpt import Config
+from lit_gpt.checkpoint import consolidate_optimizer
 
 
 def run(*args):
@@ -34,3 +36,28 @@ def test_function_preserving_growth_continues_the_base_run(data_dir, tmp_path): 
     assert abs(float(stacked[1]["train_loss"]) - float(base[5]["train_loss"])) > 1e-3  # G_stack: not preserving
     grown_step_flops = float(zero[2]["flops"]) - float(zero[1]["flops"])
     assert float(zero[1]["flops"]) == pytest.approx(float(base[4]["flops"]) + grown_step_flops)
+
+
+def test_optimizer_state_carry(data_dir, tmp_path):  # noqa: F811
+    train(data_dir, tmp_path / "base", "--max_steps", 3, "--eval_interval", 0, "--save_interval", 3)
+    target = tmp_path / "target.json"
+    Config(**{**MODEL, "n_layer": 4}).to_json(target)
+    step3 = tmp_path / "base" / "step-00000003"
+    run("-m", "growth", "grow", "--src", step3, "--target", target, "--op", "stack", "--out", tmp_path / "grown",
+        "--carry_optimizer")
+    moments = torch.load(tmp_path / "grown" / "optimizer_moments.pth", weights_only=True)
+    base = consolidate_optimizer(step3)
+    assert moments["step"] == 3.0
+    for j, s in enumerate([0, 1, 0, 1]):
+        key = "transformer.h.{}.mlp.swiglu.w1.weight"
+        assert torch.equal(moments["exp_avg_sq"][key.format(j)], base["exp_avg_sq"][key.format(s)])
+    for mode in ("reset", "carry"):
+        train(data_dir, tmp_path / mode, "--model_name", target, "--max_steps", 2, "--eval_interval", 0,
+              "--initial_checkpoint", tmp_path / "grown", "--optimizer_state", mode)
+    reset, carry = metrics(tmp_path / "reset"), metrics(tmp_path / "carry")
+    assert reset[1]["train_loss"] == carry[1]["train_loss"]  # same weights, same batch
+    assert reset[2]["train_loss"] != carry[2]["train_loss"]  # different first update
+    refused = subprocess.run([sys.executable, "pretrain/tinyllama.py", "--model_name", str(target), "--train_data_dir",
+                              str(data_dir), "--max_steps", "1", "--optimizer_state", "carry"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "--carry_optimizer" in refused.stderr
