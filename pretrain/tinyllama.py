@@ -276,7 +276,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     logger = MetricsLogger(out_dir, args.logger, resume_step, out_dir.name) if fabric.global_rank == 0 else None
     fabric.print(f"{config.name} | {strategy_name} x{world} | {args.precision} | global batch "
                  f"{args.global_batch_size} x {block} tokens, accumulation {accumulation} | {max_steps} steps")
-    fabric.print(f"kernels: {describe(fabric.device, torch.bfloat16)}")
+    fabric.print(f"kernels: {describe(fabric.device, torch.bfloat16 if 'bf16' in args.precision else torch.float32)}")
 
     def save() -> None:
         meta = {"step": step, "tokens": tokens, "flops": flops, "data": loader.state_dict(),

@@ -180,3 +180,22 @@ def test_bad_input(data_dir, tmp_path):
     assert_refused(train(data_dir, tmp_path / "o", "--max_steps", 4, "--model_name", other,
                          "--initial_checkpoint", tmp_path / "run" / "final", check=False), "do not match the config")
     assert_refused(train(data_dir, tmp_path / "o", *model, "--global_batch_size", 7, check=False), "multiple")
+
+
+def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
+    steps = ("--max_steps", 1000, "--eval_interval", 0, "--save_interval", 3)
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args_for(data_dir, tmp_path, *steps)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while not (tmp_path / "step-00000003" / "meta.json").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "signal received" in out
+    last = max(metrics(tmp_path))
+    assert (tmp_path / f"step-{last:08d}" / "meta.json").is_file()  # the step it stopped at was saved
+    assert not (tmp_path / "final").exists()
