@@ -9,20 +9,26 @@ import torch
 from growth.io import load_source, write_grown
 from growth.layers import connection_rate, resolve
 from growth.operators import DEPTH_OPERATORS, add_noise, map_moments, random_depth, random_depth_masked_layers
+from growth.width import WIDTH_OPERATORS
 from lit_gpt.checkpoint import consolidate_optimizer
 from lit_gpt.config import Config
 
 
-OPERATORS = sorted([*DEPTH_OPERATORS, "random-depth"])
+# random-width needs per-unit output masks in the model and a ramp in the training loop, which are not
+# wired yet; its operator (growth.width.random_width) and masks exist but the command does not offer it
+CLI_WIDTH_OPERATORS = {k: v for k, v in WIDTH_OPERATORS.items() if k != "random-width"}
+OPERATORS = sorted([*DEPTH_OPERATORS, "random-depth", *CLI_WIDTH_OPERATORS])
 
 
 def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noise: float = 0.0, seed: int = 3407,
          force: bool = False, src_config: Optional[str] = None, safetensors: bool = False,
-         carry_optimizer: bool = False) -> dict:
+         carry_optimizer: bool = False, split: str = "even") -> dict:
     if op not in OPERATORS:
         raise ValueError(f"unknown operator {op!r}; available: {', '.join(OPERATORS)}")
     if op == "random-depth" and layers != "cyclic":
         raise ValueError("random-depth keeps the source layers in place and adds new ones on top; drop --layers")
+    if op in CLI_WIDTH_OPERATORS and (layers != "cyclic" or carry_optimizer):
+        raise ValueError(f"{op} grows the width and keeps the depth; --layers and --carry_optimizer do not apply")
     tgt = Config.load(target)
     if out.exists() and any(out.iterdir()) and not force:  # before any reading: it may take minutes
         raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
@@ -38,7 +44,11 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
                          f"{source.config.padded_vocab_size}: growth keeps the vocabulary")
     generator = torch.Generator().manual_seed(seed)
     masked_layers = []
-    if op == "random-depth":
+    if op in CLI_WIDTH_OPERATORS:
+        options = {"split": split} if op == "direct-width" else {}
+        state = CLI_WIDTH_OPERATORS[op](source.config, source.state, tgt, generator, **options)
+        index_map, rate = None, None
+    elif op == "random-depth":
         state = random_depth(source.config, source.state, tgt, generator)
         masked_layers = random_depth_masked_layers(source.config, tgt)
         index_map = [j if j < source.config.n_layer else None for j in range(tgt.n_layer)]
@@ -53,7 +63,8 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
         extra["optimizer_moments.pth"] = {"step": moments["step"],
                                           **{k: map_moments(moments[k], index_map) for k in ("exp_avg", "exp_avg_sq")}}
     record = {
-        "operator": op, "options": {"layers": layers, "noise": noise, "seed": seed},
+        "operator": op, "options": {"layers": layers, "noise": noise, "seed": seed,
+                                    **({"split": split} if op == "direct-width" else {})},
         "source": {"path": str(source.path.resolve()), "sha256": source.sha256, "config": source.config.name},
         "target": tgt.name, "index_map": index_map, "connection_rate": rate, "masked_layers": masked_layers,
         "base_step": source.training.get("step"), "base_tokens": source.training.get("tokens"),
@@ -73,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--op", required=True, help=f"operator: {', '.join(OPERATORS)}")
     p.add_argument("--layers", default="cyclic", help="layer map for depth growth: cyclic (default), interleave, "
                    "solar:K, the paper's notation (12-3456*5-56) or ranges ((1-12)*2); see python -m growth layers")
+    p.add_argument("--split", choices=["even", "lemon"], default="even",
+                   help="direct-width: fan-in split of duplicated units, 1/(c+1) each or LEMON's uneven (default even)")
     p.add_argument("--noise", type=float, default=0.0, help="alpha of W <- (1-alpha) W + alpha eps (default 0)")
     p.add_argument("--seed", type=int, default=3407, help="seed of the noise (default 3407)")
     p.add_argument("--out", type=Path, required=True, help="output directory (refused if not empty, see --force)")
@@ -86,7 +99,7 @@ def main(argv=None) -> int:
 
     def run() -> None:
         record = grow(args.src, args.target, args.op, args.out, args.layers, args.noise, args.seed, args.force,
-                      args.src_config, args.safetensors, args.carry_optimizer)
+                      args.src_config, args.safetensors, args.carry_optimizer, args.split)
         rate = record["connection_rate"]
         print(f"grew {record['source']['config']} -> {record['target']} with {record['operator']}"
               + (f": R_c = {rate:.1%}" if rate is not None else "") + f"; wrote {args.out}")
