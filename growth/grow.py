@@ -36,7 +36,7 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
     moments = None
     if carry_optimizer:
         if not (source.path / "meta.json").is_file():
-            raise ValueError("--carry_optimizer needs a training checkpoint (out_dir/step-XXXXXXXX/) as --src: "
+            raise ValueError("--carry_optimizer needs a training checkpoint (out_dir/step-NNNNNNNN/) as --src: "
                              "weights-only exports hold no optimizer state")
         moments = consolidate_optimizer(source.path)
     if tgt.padded_vocab_size != source.config.padded_vocab_size:

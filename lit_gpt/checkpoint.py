@@ -1,11 +1,11 @@
-"""Training checkpoints: `out_dir/step-XXXXXXXX/`, torch.distributed.checkpoint shards, written atomically.
+"""Training checkpoints: `out_dir/step-NNNNNNNN/`, torch.distributed.checkpoint shards, written atomically.
 
 Layout of a checkpoint directory:
     *.distcp, .metadata   model and optimizer (sharded under FSDP; resharded on load to any world size)
     meta.json             step, tokens, FLOPs, data-loader position, hyperparameters (written last by rank 0)
     rng-rank{r}.pt        each rank's RNG states
     lit_config.json       the model config
-All of it is written into `.tmp-step-XXXXXXXX/` and renamed once every rank is done, so a kill while
+All of it is written into `.tmp-step-NNNNNNNN/` and renamed once every rank is done, so a kill while
 saving leaves the previous checkpoint as the newest complete one.
 """
 

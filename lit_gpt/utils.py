@@ -86,7 +86,7 @@ def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Loads weights without running pickled code: safetensors, or `torch.load(weights_only=True)`.
 
     Accepts a bare state dict or a training checkpoint with the weights under `model` (upstream's
-    `iter-XXXXXX-ckpt.pth`).
+    `iter-NNNNNN-ckpt.pth`).
     """
     path = Path(path)
     if not path.is_file():

@@ -4,7 +4,7 @@
     python pretrain/tinyllama.py --model_name tiny_LLaMA_1b --devices 8 --num_nodes 4 --resume auto ...
 
 Single device, DDP or FSDP2 (lightning's ModelParallelStrategy, `fully_shard` per Block), on GPUs or on
-CPU processes with gloo. Checkpoints in out_dir/step-XXXXXXXX/ hold everything a resume needs; SIGTERM and
+CPU processes with gloo. Checkpoints in out_dir/step-NNNNNNNN/ hold everything a resume needs; SIGTERM and
 SIGUSR1 save one and exit cleanly (slurm requeue).
 """
 

@@ -19,7 +19,7 @@ from lit_gpt.utils import exit_code  # noqa: E402
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint_dir", type=Path, required=True,
-                        help="a step-XXXXXXXX directory, or a run's out_dir (its newest checkpoint is taken)")
+                        help="a step-NNNNNNNN directory, or a run's out_dir (its newest checkpoint is taken)")
     parser.add_argument("--out_dir", type=Path, default=None, help="default: <checkpoint_dir>/export")
     parser.add_argument("--tokenizer_dir", type=Path, default=None, help="tokenizer files to copy beside the weights")
     args = parser.parse_args(argv)

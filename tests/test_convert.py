@@ -112,7 +112,7 @@ def test_pytorch_bin_and_upstream_training_checkpoint(tmp_path):
     assert run(HF_SCRIPT, "--checkpoint_dir", tmp_path, "--dtype", "bfloat16").returncode == 0
     lit_state = torch.load(tmp_path / "lit_model.pth", weights_only=True)
     assert all(v.dtype == torch.bfloat16 for v in lit_state.values())
-    # upstream's iter-XXXXXX-ckpt.pth keeps the weights under "model"
+    # upstream's iter-NNNNNN-ckpt.pth keeps the weights under "model"
     ckpt = tmp_path / "run" / "iter-000100-ckpt.pth"
     ckpt.parent.mkdir()
     torch.save({"model": lit_state, "iter_num": 100, "step_count": 12}, ckpt)
