@@ -13,10 +13,10 @@ import torch
 from lit_gpt.checkpoint import consolidate
 from lit_gpt.config import Config
 from lit_gpt.convert import expected_shapes
+from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict
 
 WEIGHT_FILES = ("lit_model.pth", "lit_model.safetensors")
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from lit_gpt.config import param_count  # noqa: F401 - also part of this module's API
+
 DEFAULT_G = 4
 FLOPS_PER_PARAM_TOKEN = 6  # C = 6 N D
 FIT_N_RANGE = (410e6, 3e9)  # the targets Eq. 2 was fitted on (App. G.1)
@@ -128,19 +130,6 @@ def budget_flops(N: float, D: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- configs
-
-
-def param_count(config: Any) -> int:
-    """Parameters of a lit_gpt GPT, arithmetically: per layer the fused qkv, the output projection, SwiGLU's
-    three matrices and two RMSNorms (plus biases if any), then wte and lm_head (untied) and ln_f."""
-    from lit_gpt.config import Config
-
-    c = config if isinstance(config, Config) else Config(**config)
-    qkv = (c.n_head + 2 * c.n_query_groups) * c.head_size
-    layer = c.n_embd * qkv + c.n_embd * c.n_embd + 3 * c.n_embd * c.intermediate_size + 2 * c.n_embd
-    if c.bias:
-        layer += qkv + c.n_embd + 2 * c.intermediate_size + c.n_embd
-    return c.n_layer * layer + 2 * c.padded_vocab_size * c.n_embd + c.n_embd
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 
 from lit_gpt.config import Config
+from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError
 
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
@@ -127,7 +128,7 @@ def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
     if training is not None:
         (out_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     if tokenizer_dir is not None:
-        for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
+        for name in TOKENIZER_FILES:
             if (tokenizer_dir / name).is_file():
                 shutil.copy2(tokenizer_dir / name, out_dir / name)
 

@@ -103,6 +103,17 @@ class Config:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
+def param_count(config: Union[Config, dict]) -> int:
+    """Parameters of `GPT(config)`, arithmetically (no model is built): per layer the fused qkv, the output
+    projection, SwiGLU's three matrices and two RMSNorms (plus biases if any), then wte, lm_head and ln_f."""
+    c = config if isinstance(config, Config) else Config(**config)
+    qkv = (c.n_head + 2 * c.n_query_groups) * c.head_size
+    layer = c.n_embd * qkv + c.n_embd * c.n_embd + 3 * c.n_embd * c.intermediate_size + 2 * c.n_embd
+    if c.bias:
+        layer += qkv + c.n_embd + 2 * c.intermediate_size + c.n_embd
+    return c.n_layer * layer + 2 * c.padded_vocab_size * c.n_embd + c.n_embd
+
+
 def _llama(name: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: int, intermediate_size: int,
            **extra: Any) -> dict:
     base = dict(name=name, block_size=2048, vocab_size=32000, padding_multiple=64, n_layer=n_layer,

@@ -13,6 +13,7 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.model import GPT, fuse_qkv, split_qkv
+from lit_gpt.tokenizer import TOKENIZER_FILES, Tokenizer, has_tokenizer  # noqa: F401 - TOKENIZER_FILES re-exported
 from lit_gpt.utils import CheckpointError, check_state_dict
 
 # lit key template -> HF key template; "{}" is the layer index. QKV is handled separately.
@@ -29,8 +30,6 @@ WEIGHT_MAP = {
 }
 QKV_KEY = "transformer.h.{}.attn.attn.weight"
 HF_QKV_KEYS = tuple(f"model.layers.{{}}.self_attn.{p}_proj.weight" for p in "qkv")
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -185,10 +184,8 @@ def load_hf_state_dict(checkpoint_dir: Path) -> Dict[str, torch.Tensor]:
 
 def check_tokenizer_vocab(directory: Path, config: Config) -> None:
     """A tokenizer beside the weights must fit in the embedding rows."""
-    if not any((directory / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
+    if not has_tokenizer(directory):
         return
-    from lit_gpt.tokenizer import Tokenizer
-
     size = Tokenizer(directory).vocab_size
     if size > config.padded_vocab_size:
         raise CheckpointError(f"vocab mismatch: the tokenizer in {directory} has {size} tokens, "

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 
 import torch
 
-from lit_gpt.config import Config
+from lit_gpt.config import Config, param_count
 
 # dense bf16 peak of one device (no sparsity), FLOP/s; matched against torch.cuda.get_device_name()
 GPU_PEAK_BF16 = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "a10g": 125e12, "l40s": 362e12, "l4": 121e12,
@@ -23,10 +23,7 @@ def flops_per_token(config: Config, seq_len: int) -> float:
     (reference stacking-paper.md §5.4) with the attention work added, so FLOPs of runs with different
     depths and widths (a base and its grown model) are comparable.
     """
-    h = config.head_size
-    per_layer = (config.n_embd * (config.n_head + 2 * config.n_query_groups) * h  # fused qkv
-                 + config.n_embd * config.n_embd + 3 * config.n_embd * config.intermediate_size + 2 * config.n_embd)
-    n = config.n_layer * per_layer + config.n_embd + config.padded_vocab_size * config.n_embd
+    n = param_count(config) - config.padded_vocab_size * config.n_embd  # the embedding lookup does no matmul
     return 6.0 * n + 6.0 * config.n_layer * seq_len * config.n_embd
 
 

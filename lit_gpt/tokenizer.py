@@ -6,6 +6,14 @@ from typing import List, Optional, Union
 
 import torch
 
+# what travels with a model directory: the vocabulary files and HF's settings beside them
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json")
+
+
+def has_tokenizer(directory: Union[str, Path]) -> bool:
+    return any((Path(directory) / f).is_file() for f in ("tokenizer.model", "tokenizer.json"))
+
 
 class Tokenizer:
     """Upstream's encode semantics: no BOS, EOS appended (the document separator in packed data)."""

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt import GPT, Config, FusedCrossEntropyLoss  # noqa: E402
 from lit_gpt import checkpoint as ckpt  # noqa: E402
+from lit_gpt.convert import expected_shapes  # noqa: E402
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
 from lit_gpt.kernels import describe  # noqa: E402
 from lit_gpt.model import Block  # noqa: E402
@@ -98,7 +99,7 @@ def validate(args: TrainArgs) -> Config:
     if args.block_size and args.block_size > config.block_size:
         raise UsageError(f"--block_size {args.block_size} exceeds the model's block_size {config.block_size}")
     if args.initial_checkpoint:
-        check_state_dict(load_state_dict(initial_weights_path(args)), {k: v.shape for k, v in _meta_state(config)},
+        check_state_dict(load_state_dict(initial_weights_path(args)), expected_shapes(config),
                          f"--initial_checkpoint {args.initial_checkpoint}")
     if args.optimizer_state == "carry" and not (args.initial_checkpoint and
                                                 (initial_weights_path(args).parent / "optimizer_moments.pth").is_file()):
@@ -110,11 +111,6 @@ def validate(args: TrainArgs) -> Config:
             raise UsageError(f"--resume {path}: not a complete training checkpoint (no meta.json)")
         ckpt.check_config(path, config)
     return config
-
-
-def _meta_state(config: Config):
-    with torch.device("meta"):
-        return list(GPT(config).state_dict().items())
 
 
 def initial_weights_path(args: TrainArgs) -> Path:

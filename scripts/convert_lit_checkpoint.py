@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import (TOKENIZER_FILES, atomic_output_dir, check_tokenizer_vocab,  # noqa: E402
                              copy_weights_llama, lit_config_to_hf)
+from lit_gpt.tokenizer import Tokenizer, has_tokenizer  # noqa: E402
 from lit_gpt.utils import CheckpointError, exit_code, load_state_dict  # noqa: E402
 
 
@@ -47,10 +48,8 @@ def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str
 
 
 def _special_ids(directory: Path):
-    if not any((directory / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
+    if not has_tokenizer(directory):
         return 1, 2  # Llama's <s> and </s>
-    from lit_gpt.tokenizer import Tokenizer
-
     tokenizer = Tokenizer(directory)
     return tokenizer.bos_id, tokenizer.eos_id
 
