@@ -1,8 +1,8 @@
-"""python -m growth {grow,layers,plan} ...: see `python -m growth COMMAND --help`."""
+"""python -m growth {grow,learn,layers,plan,stages} ...: see `python -m growth COMMAND --help`."""
 
 import sys
 
-COMMANDS = ("grow", "layers", "plan")
+COMMANDS = ("grow", "learn", "layers", "plan", "stages")
 
 
 def main(argv=None) -> int:
@@ -12,10 +12,14 @@ def main(argv=None) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     if argv[0] == "grow":
         from growth.grow import main as command
+    elif argv[0] == "learn":
+        from growth.learn import main as command
     elif argv[0] == "layers":
         from growth.layers import main as command
-    else:
+    elif argv[0] == "plan":
         from growth.plan import main as command
+    else:
+        from growth.stages import main as command
     return command(argv[1:])
 
 

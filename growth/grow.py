@@ -8,16 +8,15 @@ import torch
 
 from growth.io import load_source, write_grown
 from growth.layers import connection_rate, resolve
-from growth.operators import DEPTH_OPERATORS, add_noise, map_moments, random_depth, random_depth_masked_layers
-from growth.width import WIDTH_OPERATORS
+from growth.operators import (DEPTH_OPERATORS, check_noise, map_moments, noise_tensor, random_depth,
+                              random_depth_masked_layers)
+from growth.width import WIDTH_OPERATORS, random_width_masks
 from lit_gpt.checkpoint import consolidate_optimizer
 from lit_gpt.config import Config
 
 
-# random-width needs per-unit output masks in the model and a ramp in the training loop, which are not
-# wired yet; its operator (growth.width.random_width) and masks exist but the command does not offer it
-CLI_WIDTH_OPERATORS = {k: v for k, v in WIDTH_OPERATORS.items() if k != "random-width"}
-OPERATORS = sorted([*DEPTH_OPERATORS, "random-depth", *CLI_WIDTH_OPERATORS])
+OPERATORS = sorted([*DEPTH_OPERATORS, "random-depth", *WIDTH_OPERATORS])
+WIDTH_MASKS = "growth_masks.pth"  # random-width's output masks, read by pretrain/tinyllama.py
 
 
 def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noise: float = 0.0, seed: int = 3407,
@@ -27,8 +26,9 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
         raise ValueError(f"unknown operator {op!r}; available: {', '.join(OPERATORS)}")
     if op == "random-depth" and layers != "cyclic":
         raise ValueError("random-depth keeps the source layers in place and adds new ones on top; drop --layers")
-    if op in CLI_WIDTH_OPERATORS and (layers != "cyclic" or carry_optimizer):
+    if op in WIDTH_OPERATORS and (layers != "cyclic" or carry_optimizer):
         raise ValueError(f"{op} grows the width and keeps the depth; --layers and --carry_optimizer do not apply")
+    check_noise(noise)
     tgt = Config.load(target)
     if out.exists() and any(out.iterdir()) and not force:  # before any reading: it may take minutes
         raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
@@ -43,22 +43,22 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
         raise ValueError(f"the target {tgt.name} has {tgt.padded_vocab_size} vocabulary rows, the source "
                          f"{source.config.padded_vocab_size}: growth keeps the vocabulary")
     generator = torch.Generator().manual_seed(seed)
-    masked_layers = []
-    if op in CLI_WIDTH_OPERATORS:
+    masked_layers, extra = [], {}
+    if op in WIDTH_OPERATORS:
         options = {"split": split} if op == "direct-width" else {}
-        state = CLI_WIDTH_OPERATORS[op](source.config, source.state, tgt, generator, **options)
+        state = WIDTH_OPERATORS[op](source.config, source.state, tgt, generator, **options)
         index_map, rate = None, None
+        if op == "random-width":
+            extra[WIDTH_MASKS] = random_width_masks(source.config, tgt)
     elif op == "random-depth":
-        state = random_depth(source.config, source.state, tgt, generator)
+        state = random_depth(source.config, source.state, tgt, generator, copy=False)
         masked_layers = random_depth_masked_layers(source.config, tgt)
         index_map = [j if j < source.config.n_layer else None for j in range(tgt.n_layer)]
         rate = None
     else:
         index_map = resolve(layers, source.config.n_layer, tgt.n_layer)
-        state = DEPTH_OPERATORS[op](source.config, source.state, tgt, index_map)
+        state = DEPTH_OPERATORS[op](source.config, source.state, tgt, index_map, copy=False)
         rate = connection_rate(index_map)
-    state = add_noise(state, tgt, noise, generator)
-    extra = {}
     if moments is not None:
         extra["optimizer_moments.pth"] = {"step": moments["step"],
                                           **{k: map_moments(moments[k], index_map) for k in ("exp_avg", "exp_avg_sq")}}
@@ -67,10 +67,13 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
                                     **({"split": split} if op == "direct-width" else {})},
         "source": {"path": str(source.path.resolve()), "sha256": source.sha256, "config": source.config.name},
         "target": tgt.name, "index_map": index_map, "connection_rate": rate, "masked_layers": masked_layers,
+        "width_masks": WIDTH_MASKS if WIDTH_MASKS in extra else None,
         "base_step": source.training.get("step"), "base_tokens": source.training.get("tokens"),
         "base_flops": source.training.get("flops"),
+        "base_stream_tokens": source.training.get("stream_tokens", source.training.get("tokens")),
     }
-    write_grown(out, state, tgt, record, source, force, safetensors, extra)
+    transform = (lambda key, tensor: noise_tensor(key, tensor, tgt, noise, generator)) if noise else None
+    write_grown(out, state, tgt, record, source, force, safetensors, extra, transform)
     return record
 
 

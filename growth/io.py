@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
+from tqdm import tqdm
 
+from growth.writers import Transform, write_pth, write_safetensors
 from lit_gpt.checkpoint import consolidate
 from lit_gpt.config import Config
 from lit_gpt.convert import expected_shapes
@@ -25,7 +27,8 @@ class Source:
     config: Config
     state: Dict[str, torch.Tensor]
     sha256: str
-    training: Dict[str, Any] = field(default_factory=dict)  # step, tokens, flops of the base run, when known
+    # step, tokens, flops of the base run and its position in the training stream (stream_tokens), when known
+    training: Dict[str, Any] = field(default_factory=dict)
     directory: Optional[Path] = None
 
 
@@ -38,6 +41,7 @@ def load_source(src: Path, config_name: Optional[str] = None) -> Source:
         config = Config.load(config_name) if config_name else Config.from_json(src / "lit_config.json")
         state = consolidate(src)
         training = {k: meta[k] for k in ("step", "tokens", "flops") if k in meta}
+        training["stream_tokens"] = meta.get("skipped_tokens", 0) + meta.get("tokens", 0)
         return Source(src, config, state, _sha256_dir(src), training, src)
     if src.is_dir():
         weights = next((src / f for f in WEIGHT_FILES if (src / f).is_file()), None)
@@ -77,21 +81,23 @@ def _sha256_dir(path: Path) -> str:
 
 
 def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, record: Dict[str, Any],
-                source: Source, force: bool, safetensors: bool = False, extra: Optional[Dict[str, Any]] = None) -> None:
+                source: Source, force: bool, safetensors: bool = False, extra: Optional[Dict[str, Any]] = None,
+                transform: Optional[Transform] = None) -> None:
     """Writes lit_model.pth (or .safetensors), lit_config.json, growth.json, the `extra` files and the
-    source's tokenizer files into a temporary directory beside `out`, then renames it into place."""
+    source's tokenizer files into a temporary directory beside `out`, then renames it into place.
+
+    The weights stream tensor by tensor (growth.writers), each passed through `transform(key, tensor)`
+    first when given (the noise of --noise), so `state` may hold views of the source and broadcast zeros."""
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
     check_state_dict(state, expected_shapes(config), "grown model")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        if safetensors:
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "lit_model.safetensors"))
-        else:
-            torch.save(state, tmp / "lit_model.pth")
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        with tqdm(total=total, unit="B", unit_scale=True, desc="writing", leave=False) as bar:
+            writer, name = (write_safetensors, "lit_model.safetensors") if safetensors else (write_pth, "lit_model.pth")
+            writer(tmp / name, state, transform, bar.update)
         config.to_json(tmp / "lit_config.json")
         (tmp / "growth.json").write_text(json.dumps(record, indent=2) + "\n")
         for name, obj in (extra or {}).items():

@@ -11,6 +11,9 @@ Spec grammar. Layers in specs are 1-based; whitespace between tokens is ignored.
      cyclic       G_stack, whole-model stacking (§3.1, §4.1): map[j] = j mod l.
      interleave   interpolation (§3.1, §4.3): map[j] = j*l // L, each layer repeated consecutively.
      solar:K      SOLAR depth up-scaling (§3.1) dropping K layers at each side of the seam.
+     top          gradual stacking's rule (§4.4, StackBERT): the base, then copies of its top L-l layers.
+     middle       MIDAS (§10, Saunshi et al. 2024): a copy of the base's middle L-l layers goes right
+                  after them.
 2. The paper's partial-stacking notation (§4.2), for bases of at most 9 layers. A spec with no ',', '(' or
    ')' is read this way:
      spec  := piece ('-' piece)*
@@ -33,11 +36,11 @@ import argparse
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-PRESETS = ("cyclic", "interleave", "solar:K")
+PRESETS = ("cyclic", "interleave", "solar:K", "top", "middle")
 MAX_LAYERS = 100_000  # refuse specs that expand beyond this (e.g. '(1-9)*99999999')
 PAPER_MAX_BASE = 9
 _DIGITS = "0123456789"
-_EXAMPLES = "e.g. 'cyclic', 'interleave', 'solar:8', '12-3456*5-56' or '1-2,(3-10)*3,11-12'"
+_EXAMPLES = "e.g. 'cyclic', 'interleave', 'solar:8', 'top', 'middle', '12-3456*5-56' or '1-2,(3-10)*3,11-12'"
 
 
 def resolve(spec: str, base_layers: int, target_layers: Optional[int] = None) -> List[int]:
@@ -64,12 +67,14 @@ def resolve(spec: str, base_layers: int, target_layers: Optional[int] = None) ->
 
 
 def _preset(text: str, base: int, target: Optional[int]) -> List[int]:
-    """cyclic / interleave / solar:K (§3.1). cyclic with L not a multiple of l cuts the last copy short
-    (map[j] = j mod l); interleave with L not a multiple of l repeats some layers once more than others."""
+    """cyclic / interleave / solar:K (§3.1), top / middle (§4.4, §10). cyclic with L not a multiple of l cuts
+    the last copy short (map[j] = j mod l); interleave with L not a multiple of l repeats some layers once
+    more than others."""
     name, colon, arg = text.partition(":")
     name = name.strip().lower()
-    if name not in ("cyclic", "interleave", "solar"):
-        raise ValueError(f"unknown preset {text!r}; use cyclic, interleave, solar:K or a layer list, {_EXAMPLES}")
+    if name not in ("cyclic", "interleave", "solar", "top", "middle"):
+        raise ValueError(f"unknown preset {text!r}; use cyclic, interleave, solar:K, top, middle or a layer list, "
+                         f"{_EXAMPLES}")
     if target is None:
         raise ValueError(f"preset {text!r} needs the target layer count (target_layers, or --target N)")
     if name == "solar":
@@ -78,7 +83,20 @@ def _preset(text: str, base: int, target: Optional[int]) -> List[int]:
         raise ValueError(f"preset {name!r} takes no argument, got {text!r}; write just {name!r}")
     if name == "cyclic":
         return [j % base for j in range(target)]
+    if name in ("top", "middle"):
+        return _block_copy(name, base, target)
     return [j * base // target for j in range(target)]
+
+
+def _block_copy(where: str, n: int, target: int) -> List[int]:
+    """One copy of a block of k = L - n consecutive base layers, placed right after the original: the top k
+    (gradual stacking: layers[0:n] + layers[n-k:n]) or the middle k (MIDAS: the block starts at (n-k)//2)."""
+    k = target - n
+    if not 0 < k <= n:
+        raise ValueError(f"{where} copies a block of L - l layers once, so a {n}-layer base grows to "
+                         f"{n + 1}..{2 * n} layers, not {target}; grow in several stages")
+    start = n - k if where == "top" else (n - k) // 2
+    return list(range(0, start + k)) + list(range(start, n))
 
 
 def _solar(arg: str, n: int, target: int) -> List[int]:

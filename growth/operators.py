@@ -39,32 +39,36 @@ def split_layers(state: State):
     return shared, layers
 
 
-def stack(src: Config, state: State, tgt: Config, index_map: Sequence[int]) -> State:
+def stack(src: Config, state: State, tgt: Config, index_map: Sequence[int], copy: bool = True) -> State:
     """G_stack (G↑direct), paper §4 and App. A.3, Alg. 1: target layer j is a copy of source layer map[j].
 
     With the default cyclic map (j mod l) this is M' = M ∘ M ∘ ... ∘ M; the embedding, final norm and
     LM head are copied once. Nothing is rescaled: the grown model computes a different function
     (the loss spike of App. K is expected).
+
+    With copy=False the result holds views of `state` (no memory per target layer), for the streaming writer.
     """
     check_same_width(src, tgt)
     shared, layers = split_layers(state)
     _check_map(index_map, src, tgt, layers)
-    out = {k: v.clone() for k, v in shared.items()}
+    take = torch.Tensor.clone if copy else (lambda t: t)
+    out = {k: take(v) for k, v in shared.items()}
     for j, s in enumerate(index_map):
         for suffix, tensor in layers[s].items():
-            out[f"transformer.h.{j}.{suffix}"] = tensor.clone()
+            out[f"transformer.h.{j}.{suffix}"] = take(tensor)
     return out
 
 
-def zero_depth(src: Config, state: State, tgt: Config, index_map: Sequence[int]) -> State:
+def zero_depth(src: Config, state: State, tgt: Config, index_map: Sequence[int], copy: bool = True) -> State:
     """G↑zero (LEMON's depth rule), paper App. A.1.3 and A.4 "Depth": stack, then zero the output projections
     (attention `proj`, SwiGLU `w3`) of every repeated copy of a source layer.
 
     The first occurrence of each source layer keeps its weights; each later copy becomes x + 0 + 0, an exact
     identity through the residual stream, so the grown model computes the source model's function exactly
     (whatever the order of the map, as long as every source layer appears in source order once).
+    With copy=False, layers are views of `state` and the zeros are read-only broadcasts.
     """
-    out = stack(src, state, tgt, index_map)
+    out = stack(src, state, tgt, index_map, copy)
     first = {}
     for j, s in enumerate(index_map):
         first.setdefault(s, j)
@@ -74,12 +78,13 @@ def zero_depth(src: Config, state: State, tgt: Config, index_map: Sequence[int])
                          "in source order and cover all of them; use a cyclic or interleave map")
     for j, s in enumerate(index_map):
         if first[s] != j:
-            out[f"transformer.h.{j}.attn.proj.weight"].zero_()
-            out[f"transformer.h.{j}.mlp.swiglu.w3.weight"].zero_()
+            for key in (f"transformer.h.{j}.attn.proj.weight", f"transformer.h.{j}.mlp.swiglu.w3.weight"):
+                zero = torch.zeros((), dtype=out[key].dtype).expand(out[key].shape)
+                out[key] = zero.clone() if copy else zero
     return out
 
 
-def random_depth(src: Config, state: State, tgt: Config, generator: torch.Generator) -> State:
+def random_depth(src: Config, state: State, tgt: Config, generator: torch.Generator, copy: bool = True) -> State:
     """G↑random (MSG-style), paper App. A.1.4 and A.5: source layers keep positions 0..l-1, layers l..L-1 are
     new and freshly initialised (upstream's init for the target), and their residual branches are scaled
     by a mask c ramped 0 -> 1 during training: Y = X + c MHA(RMSNorm(X)), Y = X + c SwiGLU(RMSNorm(X)).
@@ -90,7 +95,7 @@ def random_depth(src: Config, state: State, tgt: Config, generator: torch.Genera
     check_same_width(src, tgt)
     if tgt.n_layer <= src.n_layer:
         raise ValueError(f"random-depth adds layers: the target has {tgt.n_layer}, the source {src.n_layer}")
-    out = stack(src, state, tgt, list(range(src.n_layer)) + [0] * (tgt.n_layer - src.n_layer))
+    out = stack(src, state, tgt, list(range(src.n_layer)) + [0] * (tgt.n_layer - src.n_layer), copy)
     for j in random_depth_masked_layers(src, tgt):
         block = Block(tgt)
         with torch.random.fork_rng(devices=[]):
@@ -123,21 +128,26 @@ def add_noise(state: State, tgt: Config, alpha: float, generator: torch.Generato
     outputs (attention `proj`, SwiGLU `w3`), N(0, 2 / (5 d)) for the embedding, the LM head and every other
     Linear; d and L are the target's width and depth. Norm weights are left alone.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"--noise must be in [0, 1], got {alpha}")
+    check_noise(alpha)
     if alpha == 0.0:
         return state
+    return {key: noise_tensor(key, tensor, tgt, alpha, generator) for key, tensor in state.items()}
+
+
+def check_noise(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"--noise must be in [0, 1], got {alpha}")
+
+
+def noise_tensor(key: str, tensor: torch.Tensor, tgt: Config, alpha: float, generator: torch.Generator) -> torch.Tensor:
+    """One tensor of `add_noise`; the streaming writer applies it tensor by tensor, in the same order."""
+    if tensor.ndim != 2 or alpha == 0.0:
+        return tensor
     d = tgt.n_embd
-    out = {}
-    for key, tensor in state.items():
-        if tensor.ndim != 2:
-            out[key] = tensor
-            continue
-        residual_out = key.endswith("attn.proj.weight") or key.endswith("swiglu.w3.weight")
-        std = 1.0 / (math.sqrt(d) * tgt.n_layer) if residual_out else math.sqrt(2.0 / (5 * d))
-        eps = torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * std
-        out[key] = ((1 - alpha) * tensor.float() + alpha * eps).to(tensor.dtype)
-    return out
+    residual_out = key.endswith("attn.proj.weight") or key.endswith("swiglu.w3.weight")
+    std = 1.0 / (math.sqrt(d) * tgt.n_layer) if residual_out else math.sqrt(2.0 / (5 * d))
+    eps = torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * std
+    return ((1 - alpha) * tensor.float() + alpha * eps).to(tensor.dtype)
 
 
 def _check_map(index_map: Sequence[int], src: Config, tgt: Config, layers: Dict[int, State]) -> None:

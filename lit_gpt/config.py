@@ -147,8 +147,8 @@ configs = [
     _llama("tiny_LLaMA_1.1B", 24, 2048, 16, 4, 5632),
     _llama("tiny_LLaMA_400M_like1.1B", 8, 2048, 16, 4, 5632),
     # small CPU configs for tests and the demo (vocab of the sample-data tokenizer)
-    *[_llama(f"{n}L128H", n, 128, 4, 4, 352, block_size=256, vocab_size=4096) for n in (2, 4, 8)],
-    *[_llama(f"{n}L256H", n, 256, 8, 2, 704, block_size=256, vocab_size=4096) for n in (2, 4, 8)],
+    *[_llama(f"{n}L128H", n, 128, 4, 4, 352, block_size=256, vocab_size=4096) for n in (1, 2, 3, 4, 6, 8, 12, 16)],
+    *[_llama(f"{n}L256H", n, 256, 8, 2, 704, block_size=256, vocab_size=4096) for n in (1, 2, 3, 4, 6, 8, 12, 16)],
 ]
 
 name_to_config = {c["name"]: c for c in configs}

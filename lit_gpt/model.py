@@ -5,7 +5,7 @@ kernels are picked per call (see `lit_gpt.kernels`); every op has a pure-PyTorch
 """
 
 import math
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,49 @@ class GPT(nn.Module):
                                       persistent=False)
             else:
                 block.growth_mask.fill_(value)
+
+    def set_width_masks(self, keep: Dict[str, torch.Tensor]) -> None:
+        """G→random's output masks (paper App. A.5 Eqs. 20-31): each named module's output is multiplied by
+        keep + (1 - keep) * ramp, keep being 1 on the source's units and 0 on new ones (`growth.width.
+        random_width_masks`, keyed by weight name). `ramp` starts at 0 and is set per phase by
+        `set_width_ramps`. Non-persistent buffers and a forward hook: checkpoints keep upstream's keys."""
+        for key, mask in keep.items():
+            module = self.get_submodule(key.removesuffix(".weight"))
+            device = module.weight.device
+            module.register_buffer("growth_keep", mask.to(device=device, dtype=torch.float32), persistent=False)
+            module.register_buffer("growth_ramp", torch.zeros((), device=device), persistent=False)
+            module.growth_phase = width_phase(key)
+            module.register_forward_hook(_width_mask_hook)
+
+
+# MSG's three-phase schedule (reference stacking-paper.md §3.5): new FFN units open first, then new hidden
+# dims, then new heads, each phase ramping over its own span of steps
+WIDTH_PHASES = ("ffn", "hidden", "heads")
+
+
+def width_phase(key: str) -> str:
+    if key.endswith(("swiglu.w1.weight", "swiglu.w2.weight")):
+        return "ffn"
+    return "heads" if key.endswith("attn.attn.weight") else "hidden"
+
+
+def width_ramps(step: int, span: int) -> Dict[str, float]:
+    """Each phase's ramp at `step`: phase k goes linearly 0 -> 1 over steps [k span, (k + 1) span)."""
+    span = max(1, span)
+    return {phase: min(1.0, max(0.0, (step - k * span) / span)) for k, phase in enumerate(WIDTH_PHASES)}
+
+
+def set_width_ramps(model: nn.Module, step: int, span: int) -> None:
+    ramps = width_ramps(step, span)
+    for module in model.modules():
+        phase = getattr(module, "growth_phase", None)
+        if phase is not None:
+            module.growth_ramp.fill_(ramps[phase])
+
+
+def _width_mask_hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    keep = module.growth_keep
+    return output * (keep + (1 - keep) * module.growth_ramp).to(output.dtype)
 
 
 def init_weights(module: nn.Module, n_embd: int, n_layer: int) -> None:

@@ -30,7 +30,7 @@ from lit_gpt import checkpoint as ckpt  # noqa: E402
 from lit_gpt.convert import expected_shapes  # noqa: E402
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
 from lit_gpt.kernels import describe  # noqa: E402
-from lit_gpt.model import Block  # noqa: E402
+from lit_gpt.model import Block, set_width_ramps  # noqa: E402
 from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, flops_per_token, format_duration  # noqa: E402,E501
 from lit_gpt.utils import check_state_dict, exit_code, load_state_dict  # noqa: E402
@@ -237,6 +237,9 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     masked = growth.get("masked_layers") or []
     if masked:
         model.set_growth_mask(masked, 0.0)
+    width_masks = growth.get("width_masks")
+    if width_masks:
+        model.set_width_masks(torch.load(initial_weights_path(args).parent / width_masks, weights_only=True))
     if strategy_name != "fsdp":
         model.transformer.h = torch.nn.ModuleList(
             _wrap_block(b, args.activation_checkpointing, args.compile) for b in model.transformer.h)
@@ -247,12 +250,13 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     loader = create_train_loader(args, block, accumulation, fabric)
     loss_fn = FusedCrossEntropyLoss()
 
-    step, tokens, flops, resume_step = 0, 0, 0.0, None
+    step, tokens, flops, resume_step, skipped = 0, 0, 0.0, None, 0
     resume_path = ckpt.find_latest(out_dir) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if resume_path is not None:
         ckpt.check_config(resume_path, config)
         meta = ckpt.load(fabric, resume_path, model.module, optimizer.optimizer)
         step, tokens, flops = meta["step"], meta["tokens"], meta["flops"]
+        skipped = meta.get("skipped_tokens", 0)
         loader.load_state_dict(meta["data"])
         resume_step = step
         fabric.print(f"resumed from {resume_path} at step {step} ({tokens:,} tokens)")
@@ -262,9 +266,13 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
             ckpt.carry_optimizer_state(model.module, optimizer.optimizer, moments)
             fabric.print(f"carried the base model's AdamW moments (step {moments['step']:.0f})")
         flops = float(growth.get("base_flops") or 0.0)
-        skip = args.skip_tokens if args.skip_tokens is not None else int(growth.get("base_tokens") or 0)
-        if skip:  # a grown model continues the stream where its base stopped (paper: fresh data after growth)
+        # a grown model continues the stream where its base stopped (paper: fresh data after growth); after
+        # several stages the base's stream position includes what its own base read
+        skip = args.skip_tokens if args.skip_tokens is not None else int(
+            growth.get("base_stream_tokens") or growth.get("base_tokens") or 0)
+        if skip:
             loader.skip_blocks(skip // block)
+            skipped = skip // block * block
             fabric.print(f"skipped the first {skip:,} tokens of the training stream")
 
     flops_per_step = flops_per_token(config, block) * tokens_per_step
@@ -275,7 +283,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     fabric.print(f"kernels: {describe(fabric.device, torch.bfloat16 if 'bf16' in args.precision else torch.float32)}")
 
     def save() -> None:
-        meta = {"step": step, "tokens": tokens, "flops": flops, "data": loader.state_dict(),
+        meta = {"step": step, "tokens": tokens, "flops": flops, "skipped_tokens": skipped, "data": loader.state_dict(),
                 "world_size": world, "hparams": asdict(args)}
         path = ckpt.save(fabric, out_dir, step, model.module, optimizer.optimizer, meta, config)
         fabric.print(f"saved {path}")
@@ -293,6 +301,8 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         lr = get_lr(step, args, max_steps)
         if masked:
             set_masks(model, min(1.0, step / max(1, args.mask_ramp_steps)))
+        if width_masks:
+            set_width_ramps(model, step, args.mask_ramp_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=fabric.device)
@@ -332,7 +342,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         save()
     tok = tokenizer_dir(args)
     ckpt.export_weights(fabric, model.module, config, out_dir / "final", tok,
-                        {"step": step, "tokens": tokens, "flops": flops})
+                        {"step": step, "tokens": tokens, "flops": flops, "stream_tokens": skipped + tokens})
     fabric.print(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}")
     if logger:
         logger.close()

@@ -56,7 +56,8 @@ class TrainArgs:
         "with --initial_checkpoint: reset (fresh AdamW, the paper's choice) or carry (the base model's moments "
         "mapped by `python -m growth grow --carry_optimizer`)", choices=["reset", "carry"]))
     mask_ramp_steps: int = field(default=5000, metadata=_h(
-        "steps over which the mask of layers added by random-depth growth ramps from 0 to 1"))
+        "steps over which the masks of random-* growth ramp from 0 to 1: the new layers of random-depth; for "
+        "random-width each of three phases in turn (new FFN units, then new hidden dims, then new heads)"))
     seed: int = field(default=3407, metadata=_h("seed of initialisation and data order"))
     n_chunks: int = field(default=8, metadata=_h("files per shuffle buffer of the packed data reader"))
     compile: bool = field(default=False, metadata=_h("torch.compile the blocks"))

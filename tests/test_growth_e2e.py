@@ -51,6 +51,16 @@ def test_width_growth_continues_the_base_run(data_dir, tmp_path):  # noqa: F811
               "--initial_checkpoint", tmp_path / op)
         assert float(metrics(tmp_path / f"run-{op}")[1]["train_loss"]) == pytest.approx(
             float(base[3]["train_loss"]), abs=1e-5)
+    # random-width's sqrt(d/D) norm factor is exact when eps scales with it too (growth/width.py)
+    exact_eps = tmp_path / "wide-eps.json"
+    Config(**{**MODEL, "n_embd": 64, "n_head": 8, "n_query_groups": 4, "intermediate_size": 128,
+              "norm_eps": 1e-5 * 32 / 64}).to_json(exact_eps)
+    run("-m", "growth", "grow", "--src", tmp_path / "base2", "--target", exact_eps, "--op", "random-width",
+        "--out", tmp_path / "random-width")
+    train(data_dir, tmp_path / "run-random-width", "--model_name", exact_eps, "--max_steps", 1, "--eval_interval", 0,
+          "--initial_checkpoint", tmp_path / "random-width", "--mask_ramp_steps", 2)
+    assert float(metrics(tmp_path / "run-random-width")[1]["train_loss"]) == pytest.approx(
+        float(base[3]["train_loss"]), abs=1e-5)
 
 
 def test_optimizer_state_carry(data_dir, tmp_path):  # noqa: F811

@@ -8,6 +8,7 @@ from conftest import small_config
 from test_growth_depth import assert_refused, grow_cli, save_base
 
 from lit_gpt import GPT
+from lit_gpt.model import set_width_ramps, width_ramps
 
 
 @pytest.mark.parametrize("op, exact", [("hyperclone", True), ("zero-width", True), ("direct-width", False)])
@@ -37,6 +38,39 @@ def test_width_targets_refused(tmp_path, capsys):
     small_config("gqa", n_embd=32, n_head=2, n_query_groups=1, intermediate_size=80).to_json(tmp_path / "t.json")
     assert_refused(*grow_cli(capsys, *common, "--op", "zero-width"), "shrink")
     small_config("gqa", n_embd=128, n_head=8, n_query_groups=4, intermediate_size=320).to_json(tmp_path / "t.json")
-    assert_refused(*grow_cli(capsys, *common, "--op", "random-width"), "unknown operator")
+    assert_refused(*grow_cli(capsys, *common, "--op", "widen"), "unknown operator")
     assert_refused(*grow_cli(capsys, *common, "--op", "hyperclone", "--layers", "interleave"), "keeps the depth")
     assert not (tmp_path / "o").exists()
+
+
+def test_random_width_writes_its_masks_and_is_exact_with_them_at_zero(tmp_path, capsys):
+    base = save_base(tmp_path / "base", kind="gqa")
+    tgt = small_config("gqa", n_embd=128, n_head=8, n_query_groups=4, intermediate_size=320, norm_eps=0.5e-5)
+    tgt.to_json(tmp_path / "target.json")
+    code, out = grow_cli(capsys, "--src", tmp_path / "base", "--target", tmp_path / "target.json",
+                         "--op", "random-width", "--out", tmp_path / "grown")
+    assert code == 0, out.err
+    record = json.loads((tmp_path / "grown" / "growth.json").read_text())
+    assert record["width_masks"] == "growth_masks.pth"
+    grown = GPT(tgt)
+    grown.load_state_dict(torch.load(tmp_path / "grown" / "lit_model.pth", weights_only=True))
+    grown.set_width_masks(torch.load(tmp_path / "grown" / "growth_masks.pth", weights_only=True))
+    assert set(grown.state_dict()) == set(GPT(tgt).state_dict())  # the masks are not saved with the weights
+    idx = torch.randint(0, 96, (2, 32))
+    with torch.no_grad():
+        assert (grown(idx) - base(idx)).abs().max().item() <= 1e-5
+        set_width_ramps(grown, 1, 4)  # a quarter of the FFN phase: new FFN units open, the function moves
+        assert (grown(idx) - base(idx)).abs().max().item() > 1e-4
+        set_width_ramps(grown, 12, 4)  # all three phases done: the masks are identities
+        assert grown.transformer.h[0].attn.attn.growth_ramp.item() == 1.0
+        plain = GPT(tgt)
+        plain.load_state_dict(grown.state_dict())
+        assert torch.equal(grown(idx), plain(idx))
+
+
+def test_width_ramps_follow_msgs_three_phases():
+    assert width_ramps(0, 10) == {"ffn": 0.0, "hidden": 0.0, "heads": 0.0}
+    assert width_ramps(5, 10) == {"ffn": 0.5, "hidden": 0.0, "heads": 0.0}
+    assert width_ramps(15, 10) == {"ffn": 1.0, "hidden": 0.5, "heads": 0.0}
+    assert width_ramps(25, 10) == {"ffn": 1.0, "hidden": 1.0, "heads": 0.5}
+    assert width_ramps(40, 10) == {"ffn": 1.0, "hidden": 1.0, "heads": 1.0}

@@ -1,0 +1,79 @@
+"""Multi-stage growth: gradual stacking and MIDAS recipes as grow + train stages, each a fresh process."""
+
+import json
+
+import pytest
+import yaml
+from test_pretrain import MODEL, data_dir, metrics  # noqa: F401 - data_dir is a fixture
+
+from growth.layers import resolve
+from growth.stages import main, plan
+from lit_gpt import Config
+
+
+def test_top_and_middle_presets():
+    assert resolve("top", 6, 8) == [0, 1, 2, 3, 4, 5, 4, 5]  # gradual stacking copies the top block
+    assert resolve("middle", 6, 8) == [0, 1, 2, 3, 2, 3, 4, 5]  # MIDAS copies the middle block after itself
+    assert resolve("top", 6, 12) == resolve("middle", 6, 12) == resolve("cyclic", 6, 12)  # doubling
+    assert resolve("middle", 5, 7) == [0, 1, 2, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="several stages"):
+        resolve("middle", 6, 13)
+
+
+def recipe(tmp_path, data_dir, stages):  # noqa: F811
+    path = tmp_path / "recipe.yaml"
+    shared = {"train_data_dir": str(data_dir), "global_batch_size": 8, "micro_batch_size": 4, "learning_rate": 3e-3,
+              "min_lr": 3e-4, "warmup_steps": 1, "eval_interval": 0, "n_chunks": 2, "max_steps": 2}
+    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "out"), "train": shared, "stages": stages}))
+    return path
+
+
+def test_plan_lists_grow_and_train_commands(tmp_path):
+    path = recipe(tmp_path, tmp_path, [{"name": "small", "model_name": "2L128H"},
+                                       {"grow": {"op": "stack", "layers": "top"}, "model_name": "4L128H"}])
+    from growth.stages import load_recipe
+
+    steps = plan(load_recipe(path), ["srun", "--kill-on-bad-exit"])
+    assert [(s.kind, s.stage) for s in steps] == [("train", "small"), ("grow", "stage-2"), ("train", "stage-2")]
+    grow = steps[1].command
+    assert grow[grow.index("--src") + 1] == str(tmp_path / "out" / "small" / "final")
+    assert grow[grow.index("--layers") + 1] == "top" and grow[grow.index("--target") + 1] == "4L128H"
+    train = steps[2].command
+    assert train[:2] == ["srun", "--kill-on-bad-exit"]
+    assert train[train.index("--initial_checkpoint") + 1] == str(tmp_path / "out" / "stage-2-grown")
+    assert train[train.index("--out_dir") + 1] == str(tmp_path / "out" / "stage-2")
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([{"model_name": "2L128H", "grow": {"op": "stack"}}], "no earlier stage"),
+    ([{"model_name": "2L128H", "lr": 1}], "unknown keys lr"),
+    ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": {"op": "stretch"}}], "grow.op must be"),
+    ([{"name": "a", "model_name": "2L128H"}, {"name": "a", "model_name": "4L128H"}], "used twice"),
+    ([{"max_steps": 3}], "no model_name"),
+])
+def test_bad_recipes_are_refused(tmp_path, capsys, stages, message):
+    code = main([str(recipe(tmp_path, tmp_path, stages)), "--dry_run"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_gradual_stacking_runs_every_stage_and_carries_flops_and_data(tmp_path, data_dir, capsys):  # noqa: F811
+    for n_layer in (1, 2, 4):
+        Config(**{**MODEL, "n_layer": n_layer}).to_json(tmp_path / f"{n_layer}L.json")
+    path = recipe(tmp_path, data_dir, [
+        {"name": "1L", "model_name": str(tmp_path / "1L.json")},
+        {"name": "2L", "model_name": str(tmp_path / "2L.json"), "grow": {"op": "stack", "layers": "top"}},
+        {"name": "4L", "model_name": str(tmp_path / "4L.json"), "grow": {"op": "stack", "layers": "middle"}},
+    ])
+    assert main([str(path)]) == 0
+    out = tmp_path / "out"
+    trained = {name: json.loads((out / name / "final" / "training.json").read_text()) for name in ("1L", "2L", "4L")}
+    assert [trained[n]["tokens"] for n in ("1L", "2L", "4L")] == [2 * 8 * 32] * 3
+    assert trained["4L"]["stream_tokens"] == 3 * 2 * 8 * 32  # each stage reads fresh data after the last
+    record = json.loads((out / "4L-grown" / "growth.json").read_text())
+    assert record["index_map"] == [0, 1, 0, 1] and record["base_stream_tokens"] == 2 * 2 * 8 * 32
+    assert float(metrics(out / "4L")[1]["flops"]) > trained["2L"]["flops"] > trained["1L"]["flops"]
+    capsys.readouterr()
+    assert main([str(path)]) == 0  # everything done: nothing reruns
+    assert capsys.readouterr().out.count(": done") == 5
