@@ -344,9 +344,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _ArgumentParser(
         prog="python -m growth layers",
         description="Show the layer index map of a depth-growth spec, its notation and connection rate R_c.",
-        epilog=f"SPEC is a preset (cyclic, interleave, solar:K; these need --target), the paper's notation for "
-               f"bases of up to 9 layers (12-3456*5-56) or the general form ((1-12)*2, 1-2,(3-10)*3,11-12). "
-               f"Quote it in the shell.")
+        epilog="SPEC is a preset (cyclic, interleave, solar:K, top, middle; these need --target), the paper's "
+               "notation for bases of up to 9 layers (12-3456*5-56) or the general form ((1-12)*2, "
+               "1-2,(3-10)*3,11-12). Quote it in the shell.")
     parser.add_argument("spec", metavar="SPEC", help="layer spec, see below")
     parser.add_argument("--base", type=int, required=True, metavar="L", help="layers in the base (source) model")
     parser.add_argument("--target", type=int, metavar="N", help="layers in the target model")

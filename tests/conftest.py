@@ -1,3 +1,4 @@
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,3 +26,14 @@ def small_config(kind: str = "gqa", **overrides) -> Config:
 @pytest.fixture(params=sorted(ATTENTION_KINDS))
 def attention_kind(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    """The embedded sample (scripts/prepare_sample_data.py), as `make demo` builds it: ~20 s once, then reused
+    (its stages publish their outputs under final names only when complete)."""
+    out = ROOT / "data" / "sample"
+    if not (out / "manifest.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_sample_data.py"), "--out", str(out)],
+                       check=True, capture_output=True)
+    return out
