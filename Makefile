@@ -14,8 +14,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-$(TEST_STAMP): $(STAMP) requirements-test.txt
-	$(PY) -m pip install --quiet -r requirements-test.txt
+$(TEST_STAMP): $(STAMP) requirements-test.txt requirements-eval.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt -r requirements-eval.txt
 	touch $@
 
 venv: $(STAMP)

@@ -49,8 +49,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from growth.operators import State, _check_map, check_same_width, split_layers
-from growth.width import _check_state, _spec, check_width_growth
+from growth.operators import State, check_map, check_same_width, split_layers
+from growth.width import check_source_state, tensor_spec, check_width_growth
 from lit_gpt.config import Config
 from lit_gpt.fused_cross_entropy import FusedCrossEntropyLoss
 from lit_gpt.fused_rotary_embedding import build_rope_cache
@@ -96,7 +96,7 @@ class LearnDepth(_Hypernet):
         super().__init__(src, state, tgt)
         check_same_width(src, tgt)
         shared, layers = split_layers(state)
-        _check_map(index_map, src, tgt, layers)
+        check_map(index_map, src, tgt, layers)
         self.index_map = [int(s) for s in index_map]
         self.shared_keys = sorted(shared)
         for key in self.shared_keys:
@@ -157,7 +157,7 @@ class LearnWidth(_Hypernet):
     def __init__(self, src: Config, state: State, tgt: Config, generator: torch.Generator) -> None:
         super().__init__(src, state, tgt)
         check_width_growth(src, tgt)
-        _check_state(src, state)
+        check_source_state(src, state)
         self.keys = list(state)
         for key in self.keys:
             self._keep(key, state[key])
@@ -176,7 +176,7 @@ class LearnWidth(_Hypernet):
     def materialize(self) -> State:
         ops, out = self._ops(), {}
         for key in self.keys:
-            _, axes, _ = _spec(key)
+            _, axes, _ = tensor_spec(key)
             w = self._kept(key)
             if axes[0] == "qkv":
                 q, k, v = split_qkv(w, self.src)

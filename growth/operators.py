@@ -50,7 +50,7 @@ def stack(src: Config, state: State, tgt: Config, index_map: Sequence[int], copy
     """
     check_same_width(src, tgt)
     shared, layers = split_layers(state)
-    _check_map(index_map, src, tgt, layers)
+    check_map(index_map, src, tgt, layers)
     take = torch.Tensor.clone if copy else (lambda t: t)
     out = {k: take(v) for k, v in shared.items()}
     for j, s in enumerate(index_map):
@@ -150,7 +150,7 @@ def noise_tensor(key: str, tensor: torch.Tensor, tgt: Config, alpha: float, gene
     return ((1 - alpha) * tensor.float() + alpha * eps).to(tensor.dtype)
 
 
-def _check_map(index_map: Sequence[int], src: Config, tgt: Config, layers: Dict[int, State]) -> None:
+def check_map(index_map: Sequence[int], src: Config, tgt: Config, layers: Dict[int, State]) -> None:
     if len(index_map) != tgt.n_layer:
         raise ValueError(f"the layer map has {len(index_map)} layers but the target {tgt.name} has {tgt.n_layer}")
     bad = [s for s in index_map if not 0 <= s < src.n_layer]

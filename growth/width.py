@@ -80,7 +80,7 @@ def _sizes(c: Config) -> Dict[str, int]:
             "qkv": (c.n_head + 2 * c.n_query_groups) * c.head_size}
 
 
-def _spec(key: str) -> Tuple[str, Tuple[str, ...], Optional[int]]:
+def tensor_spec(key: str) -> Tuple[str, Tuple[str, ...], Optional[int]]:
     match = _LAYER.match(key)
     name = match.group(1) if match else key
     in_layer = match is not None
@@ -89,10 +89,10 @@ def _spec(key: str) -> Tuple[str, Tuple[str, ...], Optional[int]]:
     return (name, *_TENSORS[name])
 
 
-def _check_state(src: Config, state: State) -> None:
+def check_source_state(src: Config, state: State) -> None:
     sizes = _sizes(src)
     for key, tensor in state.items():
-        _, axes, _ = _spec(key)
+        _, axes, _ = tensor_spec(key)
         expected = tuple(sizes[a] for a in axes)
         if tuple(tensor.shape) != expected:
             raise ValueError(f"{key} has shape {tuple(tensor.shape)}, but the source config {src.name} implies "
@@ -149,14 +149,14 @@ def _grow(src: Config, state: State, tgt: Config, units: Units, generator: torch
     multiplied by stream_scale.
     """
     check_width_growth(src, tgt)
-    _check_state(src, state)
+    check_source_state(src, state)
     d_std = math.sqrt(2.0 / 5 / tgt.n_embd)
     r_std = 1.0 / math.sqrt(tgt.n_embd) / tgt.n_layer
     n_old = {a: n // units[a][1] for a, n in _sizes(src).items()}
     pos = {a: _positions(*u) for a, u in units.items()}
     out = {}
     for key, tensor in state.items():
-        name, axes, fan_out = _spec(key)
+        name, axes, fan_out = tensor_spec(key)
         w, dev = tensor.detach().float().cpu(), tensor.device
         idx = [pos[a] for a in axes]
         copied = w[idx[0].clamp(min=0)]
