@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from conftest import ROOT, small_config
 from safetensors.torch import load_file, save_file
 
 from lit_gpt import GPT, Config
 
-transformers = pytest.importorskip("transformers")
 HF_SCRIPT = ROOT / "scripts" / "convert_hf_checkpoint.py"
 LIT_SCRIPT = ROOT / "scripts" / "convert_lit_checkpoint.py"
 

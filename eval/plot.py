@@ -1,0 +1,102 @@
+"""Loss curves of training runs against tokens or FLOPs, like the paper's figures, from their metrics.csv files.
+
+    python eval/plot.py out/scratch out/gstack --x flops --labels scratch,G_stack --out loss.png
+
+The token axis is scratch-equivalent tokens (FLOPs / the run's FLOPs per token), as in the paper: a grown run's
+curve starts at its base model's cost (2.5B for d = 10B and g = 4, reference stacking-paper.md §5.4), not at 0.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__:
+    from .speedup import LOSS_COLUMNS, UsageError, losses, read_metrics, scratch_equivalent_tokens
+else:  # run as a script: eval/ is sys.path[0]
+    from speedup import LOSS_COLUMNS, UsageError, losses, read_metrics, scratch_equivalent_tokens
+
+AXES = {"tokens": "tokens (scratch-equivalent)", "flops": "training FLOPs (base model included)"}
+
+
+def curves(runs, x: str = "tokens", y: str = "val_loss", smooth: int = 1):
+    """(xs, ys) per run directory or metrics.csv, only at the rows that logged `y`."""
+    out = []
+    for run in runs:
+        rows = read_metrics(run)
+        for r, eq in zip(rows, scratch_equivalent_tokens(rows)):
+            r["eq_tokens"] = eq
+        logged = losses(rows, y, smooth)
+        if not logged:
+            raise UsageError(f"{run}: no {y} values logged" + (" (try --y train_loss)" if y == "val_loss" else ""))
+        out.append(([r["eq_tokens" if x == "tokens" else "flops"] for r in logged], [r["loss"] for r in logged]))
+    return out
+
+
+def plot(runs, out: Path, x: str = "tokens", y: str = "val_loss", labels=None, logx: bool = False,
+         smooth: int = 1, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    labels = labels or [Path(r).name if Path(r).is_dir() else Path(r).parent.name for r in runs]
+    if len(labels) != len(runs):
+        raise UsageError(f"--labels has {len(labels)} names for {len(runs)} runs")
+    data = curves(runs, x, y, smooth)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for (xs, ys), label in zip(data, labels):
+        ax.plot(xs, ys, label=label, linewidth=1.5)
+    ax.set_xlabel(AXES[x])
+    ax.set_ylabel(y.replace("_", " ") + (f" (mean of {smooth})" if smooth > 1 else ""))
+    if logx:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:  # a reader never sees a half-written PNG
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 1, like every other bad input
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(argv=None) -> None:
+    p = Parser(description="Plot loss curves of runs (one line each) from their metrics.csv to a PNG.")
+    p.add_argument("runs", nargs="+", help="run directories (or their metrics.csv files)")
+    p.add_argument("--x", default="tokens", choices=sorted(AXES),
+                   help="x axis: tokens (scratch-equivalent; default) or flops (cumulative, base model included)")
+    p.add_argument("--y", default="val_loss", choices=LOSS_COLUMNS, help="loss column (default val_loss)")
+    p.add_argument("--labels", help="comma-separated legend names, one per run (default: run directory names)")
+    p.add_argument("--logx", action="store_true", help="logarithmic x axis")
+    p.add_argument("--smooth", type=int, default=1, help="trailing mean over this many logged points (default 1)")
+    p.add_argument("--title", default="", help="plot title")
+    p.add_argument("--out", required=True, help="PNG file to write (atomically)")
+    args = p.parse_args(argv)
+    try:
+        if args.smooth < 1:
+            raise UsageError("--smooth must be at least 1")
+        labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+        plot(args.runs, Path(args.out), args.x, args.y, labels, args.logx, args.smooth, args.title)
+    except (UsageError, ImportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Speedup of a grown run over a scratch run at equal loss, from their metrics.csv files (paper §5.4).
+
+    python eval/speedup.py --scratch out/scratch --grown out/gstack [--at-loss 2.45] [--column val_loss]
+
+speedup = FLOPs_scratch(L) / FLOPs_grown(L) - 1, where FLOPs_run(L) is the compute at which the run's loss first
+reaches L, linearly interpolated between logged points. The grown run's `flops` column already starts at the
+base model's FLOPs (pretrain/tinyllama.py reads them from growth.json), so C = C_base + C_grown as in the paper;
+its `tokens` column counts only its own tokens, so tokens are compared as scratch-equivalent tokens,
+FLOPs / (the scratch run's FLOPs per token). The default L is the lowest loss both runs reach: usually the
+scratch run's best, i.e. "how much sooner does the grown run get to where scratch ended" (the paper's 54.6%
+headline is this measure at 300B scratch tokens).
+"""
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REQUIRED = ("step", "tokens", "flops")
+LOSS_COLUMNS = ("val_loss", "train_loss")
+Rows = List[Dict[str, Optional[float]]]
+
+
+class UsageError(ValueError):
+    pass
+
+
+def read_metrics(path) -> Rows:
+    """metrics.csv of a run directory (or the csv itself) as rows of floats, None where a cell is empty."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.csv"
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
+        try:
+            rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items() if k} for r in reader]
+        except ValueError as e:
+            raise UsageError(f"{path}: not a number in a metrics row ({e})") from None
+    if not rows:
+        raise UsageError(f"{path}: no rows")
+    if any(r[c] is None for r in rows for c in REQUIRED):
+        raise UsageError(f"{path}: a row without {'/'.join(REQUIRED)}")
+    return rows
+
+
+def losses(rows: Rows, column: str, smooth: int = 1) -> Rows:
+    """Rows that logged `column`, with `loss` set to the trailing mean over `smooth` logged values."""
+    logged = [r for r in rows if r.get(column) is not None]
+    out = []
+    for i, r in enumerate(logged):
+        window = [x[column] for x in logged[max(0, i - smooth + 1):i + 1]]
+        out.append({**r, "loss": sum(window) / len(window)})
+    return out
+
+
+def lowest(rows: Rows, column: str, smooth: int = 1, name: str = "given") -> float:
+    logged = losses(rows, column, smooth)
+    if not logged:
+        hint = " (try --column train_loss)" if column == "val_loss" else ""
+        raise UsageError(f"the {name} run logged no {column} values{hint}")
+    return min(r["loss"] for r in logged)
+
+
+def reach(rows: Rows, loss: float, column: str = "val_loss", smooth: int = 1) -> Optional[Dict[str, float]]:
+    """step, tokens and flops where the loss first gets to `loss` (interpolated), or None if it never does."""
+    prev = None
+    for r in losses(rows, column, smooth):
+        if r["loss"] <= loss:
+            if prev is None:  # already there at the first logged point: nothing earlier to interpolate from
+                return {k: r[k] for k in REQUIRED}
+            w = (prev["loss"] - loss) / (prev["loss"] - r["loss"])
+            return {k: prev[k] + w * (r[k] - prev[k]) for k in REQUIRED}
+        prev = r
+    return None
+
+
+def flops_to_reach(rows: Rows, loss: float, column: str = "val_loss", smooth: int = 1) -> float:
+    hit = reach(rows, loss, column, smooth)
+    if hit is None:
+        raise ValueError(f"the run never reaches {column} {loss:.4f}")
+    return hit["flops"]
+
+
+def flops_per_token(rows: Rows) -> float:
+    """The run's own FLOPs per token: the slope of flops over tokens (an offset is the base model's cost)."""
+    first, last = rows[0], rows[-1]
+    if last["tokens"] != first["tokens"]:
+        return (last["flops"] - first["flops"]) / (last["tokens"] - first["tokens"])
+    if not last["tokens"]:
+        raise UsageError("a run with no tokens trained")
+    return last["flops"] / last["tokens"]
+
+
+def base_flops(rows: Rows) -> float:
+    """FLOPs a run started with: the base model's in a grown run, about 0 for a scratch run."""
+    return rows[0]["flops"] - rows[0]["tokens"] * flops_per_token(rows)
+
+
+def scratch_equivalent_tokens(rows: Rows, reference: Optional[Rows] = None) -> List[float]:
+    """Each row's FLOPs in tokens of the reference run's model (default: the run's own model, as the paper's
+    token axes do: a G_stack curve starts at the base model's cost, e.g. 2.5B for d = 10B with g = 4)."""
+    fpt = flops_per_token(reference or rows)
+    return [r["flops"] / fpt for r in rows]
+
+
+def speedup(scratch: Rows, grown: Rows, loss: Optional[float] = None, column: str = "val_loss",
+            smooth: int = 1) -> dict:
+    """The paper's speedup FLOPs_scratch / FLOPs_grown - 1 at equal loss; ValueError if a run never gets there."""
+    runs = {"scratch": scratch, "grown": grown}
+    best = {name: lowest(rows, column, smooth, name) for name, rows in runs.items()}
+    target = max(best.values()) if loss is None else loss
+    fpt = flops_per_token(scratch)
+    out = {"column": column, "loss": target, "loss_is_default": loss is None, "smooth": smooth}
+    for name, rows in runs.items():
+        hit = reach(rows, target, column, smooth)
+        if hit is None:
+            raise ValueError(f"the {name} run never reaches {column} {target:.4f} (its lowest is {best[name]:.4f})")
+        out[name] = {**hit, "scratch_equivalent_tokens": hit["flops"] / fpt, "base_flops": base_flops(rows)}
+    out["speedup"] = out["scratch"]["flops"] / out["grown"]["flops"] - 1
+    return out
+
+
+def format_report(res: dict, dirs: Dict[str, str]) -> str:
+    how = " (default: the lowest loss both runs reach)" if res["loss_is_default"] else ""
+    smooth = f", trailing mean of {res['smooth']} points" if res["smooth"] > 1 else ""
+    lines = [f"target: {res['column']} = {res['loss']:.4f}{how}{smooth}",
+             f"{'run':8} {'FLOPs':>10} {'base FLOPs':>10} {'tokens':>10} {'scratch-eq tokens':>17} {'step':>8}  dir"]
+    for name in ("scratch", "grown"):
+        r = res[name]
+        lines.append(f"{name:8} {r['flops']:10.3e} {r['base_flops']:10.3e} {r['tokens']:10.3e} "
+                     f"{r['scratch_equivalent_tokens']:17.3e} {r['step']:8.1f}  {dirs[name]}")
+    lines.append(f"speedup: {res['speedup']:.1%} (FLOPs_scratch / FLOPs_grown - 1, the base model's FLOPs counted)")
+    return "\n".join(lines)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 1, like every other bad input
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(argv=None) -> None:
+    p = Parser(description="FLOPs each run needs to first reach a loss, and the paper's speedup "
+                           "FLOPs_scratch / FLOPs_grown - 1 (reference stacking-paper.md §5.4).")
+    p.add_argument("--scratch", required=True, help="run directory (or its metrics.csv) trained from scratch")
+    p.add_argument("--grown", required=True, help="run directory (or its metrics.csv) started from a grown model")
+    p.add_argument("--at-loss", type=float, help="the loss L to compare at (default: the lowest loss both reach)")
+    p.add_argument("--column", default="val_loss", choices=LOSS_COLUMNS, help="loss column (default val_loss)")
+    p.add_argument("--smooth", type=int, default=1, help="trailing mean over this many logged points before "
+                                                         "finding L, for noisy train_loss (default 1: raw)")
+    p.add_argument("--add-base-flops", type=float, default=0.0,
+                   help="FLOPs to add to the grown run, for runs whose metrics.csv lacks the base model's cost")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    args = p.parse_args(argv)
+    try:
+        if args.smooth < 1:
+            raise UsageError("--smooth must be at least 1")
+        scratch, grown = read_metrics(args.scratch), read_metrics(args.grown)
+        for r in grown:
+            r["flops"] += args.add_base_flops
+        res = speedup(scratch, grown, args.at_loss, args.column, args.smooth)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if len(grown) > 1 and res["grown"]["base_flops"] <= 1e-6 * grown[-1]["flops"]:
+        print(f"warning: {args.grown}: FLOPs start at 0, so the base model's cost is not counted "
+              "(see --add-base-flops)", file=sys.stderr)
+    print(json.dumps(res, indent=2) if args.json else format_report(res, {"scratch": args.scratch,
+                                                                          "grown": args.grown}))
+
+
+if __name__ == "__main__":
+    main()

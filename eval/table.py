@@ -1,0 +1,202 @@
+"""The paper's evaluation tables from eval/run.py result files, with the paper's own numbers beside ours.
+
+    python eval/table.py out/eval/*.json --paper fig3 --format markdown
+
+Rows follow the paper (reference stacking-paper.md §6): every accuracy is lm-eval's plain `acc` in percent (the
+paper's plots say "Acc"; acc vs acc_norm is not stated), "Avg" is the mean of the table's accuracy tasks (seven
+for Fig. 3 and Tab. 3, ten for Tab. 6) and reads "Avg (k/n)" when a column lacks some, and Wikitext is lm-eval's
+word perplexity. Tasks outside the table's set (e.g. the offline sample tasks) follow as extra rows, not averaged.
+Paper columns show the paper's printed values, its Avg included, so its rounding and typos stay visible.
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+PAPER_FILE = Path(__file__).resolve().parent / "paper_numbers.json"
+
+# paper key -> (row label, lm-eval task names tried in order, metric); lambada's variant is not stated
+TASKS = {
+    "lambada": ("Lambada", ("lambada_openai", "lambada_standard", "lambada"), "acc"),
+    "arc_c": ("ARC-c", ("arc_challenge",), "acc"),
+    "arc_e": ("ARC-e", ("arc_easy",), "acc"),
+    "logiqa": ("LogiQA", ("logiqa",), "acc"),
+    "piqa": ("PIQA", ("piqa",), "acc"),
+    "sciq": ("SciQ", ("sciq",), "acc"),
+    "winogrande": ("Winogrande", ("winogrande",), "acc"),
+    "boolq": ("BoolQ", ("boolq",), "acc"),
+    "hellaswag": ("HellaSwag", ("hellaswag",), "acc"),
+    "openbookqa": ("OpenBookQA", ("openbookqa",), "acc"),
+}
+SEVEN = ["lambada", "arc_c", "arc_e", "logiqa", "piqa", "sciq", "winogrande"]
+WIKITEXT = ("wikitext", "word_perplexity")
+EXTRA_METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "perplexity")
+PAPER_ROWS = {"train_loss": ("Train loss", "{:.3f}"), "speedup_pct": ("Speedup", "{:.1f}%")}
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    values: List[Optional[float]]
+    fmt: str = "{:.2f}"
+
+    def cells(self) -> List[str]:
+        return [("-" if v is None else self.fmt.format(v)) for v in self.values]
+
+
+def load_paper(name: str) -> dict:
+    tables = json.loads(PAPER_FILE.read_text())
+    if name not in tables or name.startswith("_"):
+        known = ", ".join(k for k in tables if not k.startswith("_"))
+        raise UsageError(f"unknown --paper {name!r}; known: {known}")
+    return tables[name]
+
+
+def metric(result: dict, tasks, name: str) -> Optional[float]:
+    """lm-eval 0.4 keys metrics as "<metric>,<filter>"; older result files use the bare metric name."""
+    for task in tasks:
+        entry = result["results"].get(task) or {}
+        for key in (f"{name},none", name):
+            value = entry.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                return float(value)
+    return None
+
+
+def column_name(result: dict) -> str:
+    return result.get("name") or Path(result.get("checkpoint") or "model").name
+
+
+def build_table(results: List[dict], paper: Optional[str] = None,
+                paper_columns: Optional[List[str]] = None) -> List[Row]:
+    """Rows of the table; rows[0] (key "model") holds the column names, paper columns labelled "paper: NAME"."""
+    spec = load_paper(paper) if paper else {"tasks": SEVEN, "extra_rows": [], "columns": {}}
+    columns = spec["columns"]
+    if paper_columns:
+        missing = [c for c in paper_columns if c not in columns]
+        if missing:
+            raise UsageError(f"--paper-columns: {', '.join(missing)} not in {paper}; known: {', '.join(columns)}")
+        columns = {c: columns[c] for c in paper_columns}
+    ours, keys = len(results), spec["tasks"]
+    rows = [Row("model", "Metric", [column_name(r) for r in results] + [f"paper: {c}" for c in columns], "{}")]
+    for key in keys:
+        label, tasks, name = TASKS[key]
+        values = [metric(r, tasks, name) for r in results]
+        rows.append(Row(key, label, [None if v is None else 100 * v for v in values]
+                        + [c.get(key) for c in columns.values()]))
+    counts = [sum(v is not None for v in (row.values[i] for row in rows[1:])) for i in range(ours)]
+    avgs = [sum(row.values[i] for row in rows[1:] if row.values[i] is not None) / k if k else None
+            for i, k in enumerate(counts)]
+    partial = [f"{k}/{len(keys)}" for k in counts]
+    if len(set(partial)) == 1:  # one count when every column shares it, else one per column in column order
+        partial = partial[:1]
+    label = "Avg" if all(k == len(keys) for k in counts) else f"Avg ({', '.join(partial)})"
+    rows.append(Row("avg", label, avgs + [c.get("avg") for c in columns.values()]))
+    rows.append(Row("wikitext_ppl", "Wikitext PPL", [metric(r, (WIKITEXT[0],), WIKITEXT[1]) for r in results]
+                    + [c.get("wikitext_ppl") for c in columns.values()]))
+    used = {t for k in keys for t in TASKS[k][1]} | {WIKITEXT[0]}
+    extras = dict.fromkeys(t for r in results for t in r["results"] if t not in used)
+    for task in extras:
+        name = next((m for m in EXTRA_METRICS if any(metric(r, (task,), m) is not None for r in results)), None)
+        if name is None:
+            continue
+        scale = 1 if "perplexity" in name else 100
+        values = [metric(r, (task,), name) for r in results]
+        rows.append(Row(task, f"{task} ({name})", [None if v is None else scale * v for v in values]
+                        + [None] * len(columns)))
+    for key in spec["extra_rows"]:
+        label, fmt = PAPER_ROWS[key]
+        rows.append(Row(key, label, [None] * ours + [c.get(key) for c in columns.values()], fmt))
+    training = [r.get("training") or {} for r in results]
+    if any(t.get("flops") is not None or t.get("tokens") is not None for t in training):
+        rows.append(Row("tokens", "Train tokens", [t.get("tokens") for t in training] + [None] * len(columns),
+                        "{:.3g}"))
+        rows.append(Row("flops", "Train FLOPs", [t.get("flops") for t in training] + [None] * len(columns),
+                        "{:.3g}"))
+    return rows
+
+
+def format_table(rows: List[Row], fmt: str = "markdown") -> str:
+    table = [[rows[0].label] + [str(v) for v in rows[0].values]] + [[r.label] + r.cells() for r in rows[1:]]
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(table)
+        return buf.getvalue()
+    if fmt != "markdown":
+        raise UsageError(f"unknown --format {fmt!r}; known: markdown, csv")
+    lines = ["| " + " | ".join(table[0]) + " |", "|---" + "|---:" * (len(table[0]) - 1) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table[1:]]) + "\n"
+
+
+def load_result(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise UsageError(f"{path}: not an eval/run.py result file (no 'results' object)")
+    if not data.get("name") and not data.get("checkpoint"):
+        data["name"] = Path(path).stem
+    return data
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 1, like every other bad input
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(argv=None) -> None:
+    p = Parser(description="Print the paper's evaluation table (rows: metrics, columns: models) for eval/run.py "
+                           "result files, optionally with the paper's reported numbers beside them.")
+    p.add_argument("results", nargs="*", help="result JSON files written by eval/run.py, one column each")
+    p.add_argument("--paper", help="add the paper's numbers of this table as 'paper: NAME' columns and use its "
+                                   "task set: fig3 (operator grid, 1.1B), tab3 (1B open models), tab6 (7B, ten tasks)")
+    p.add_argument("--paper-columns", help="comma-separated subset of the paper's columns, e.g. G_stack,scratch")
+    p.add_argument("--format", default="markdown", help="markdown (default) or csv")
+    p.add_argument("--out", help="write the table to this file (atomically) instead of stdout")
+    args = p.parse_args(argv)
+    try:
+        if not args.results and not args.paper:
+            raise UsageError("give result files, --paper, or both")
+        if args.paper_columns and not args.paper:
+            raise UsageError("--paper-columns needs --paper")
+        results = [load_result(f) for f in args.results]
+        cols = [c.strip() for c in args.paper_columns.split(",")] if args.paper_columns else None
+        text = format_table(build_table(results, args.paper, cols), args.format)
+        if args.paper and args.format == "markdown":
+            text = f"{load_paper(args.paper)['title']}\n\n{text}"
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if args.out:
+        write_atomic(Path(args.out), text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""eval/plot.py writes a PNG of loss curves; bad input is one error line."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from test_eval_speedup import FPT, TOKENS_PER_STEP, write_run
+
+from eval import plot
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [write_run(tmp_path / "scratch", steps=60),
+            write_run(tmp_path / "gstack", steps=60, base_flops=5 * TOKENS_PER_STEP * FPT, factor=1.5)]
+
+
+def test_curves_use_scratch_equivalent_tokens(runs):
+    (sx, _), (gx, gy) = plot.curves(runs, "tokens", "val_loss")
+    assert sx[0] == 2 * TOKENS_PER_STEP and gx[0] == pytest.approx(7 * TOKENS_PER_STEP)
+    assert len(gx) == len(gy) == 30
+
+
+@pytest.mark.parametrize("x", ["tokens", "flops"])
+def test_writes_png(runs, tmp_path, x, capsys):
+    out = tmp_path / "plots" / f"{x}.png"
+    plot.main([str(runs[0]), str(runs[1] / "metrics.csv"), "--x", x, "--y", "train_loss", "--labels", "a,b",
+               "--logx", "--out", str(out)])
+    data = out.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left behind
+    assert capsys.readouterr().out == f"wrote {out}\n"
+
+
+def error_line(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        plot.main(argv)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_errors(runs, tmp_path, capsys):
+    out = str(tmp_path / "x.png")
+    assert "2 names for 1 runs" in error_line(capsys, [str(runs[0]), "--labels", "a,b", "--out", out])
+    assert "no such file" in error_line(capsys, [str(tmp_path / "nope"), "--out", out])
+    assert "required" in error_line(capsys, [str(runs[0])])
+    assert "invalid choice" in error_line(capsys, [str(runs[0]), "--x", "steps", "--out", out])
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_script_runs(runs, tmp_path):
+    out = tmp_path / "s.png"
+    subprocess.run([sys.executable, str(ROOT / "eval" / "plot.py"), *map(str, runs), "--out", str(out)],
+                   check=True, capture_output=True)
+    assert out.read_bytes().startswith(PNG_MAGIC)

@@ -1,0 +1,132 @@
+"""eval/table.py: the paper's Fig. 3 numbers fed back as result files reproduce the paper's table."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from eval import table
+
+PAPER = json.loads((ROOT / "eval" / "paper_numbers.json").read_text())
+FIG3 = PAPER["fig3"]["columns"]
+LM_EVAL_TASK = {"lambada": "lambada_openai", "arc_c": "arc_challenge", "arc_e": "arc_easy", "logiqa": "logiqa",
+                "piqa": "piqa", "sciq": "sciq", "winogrande": "winogrande", "boolq": "boolq",
+                "hellaswag": "hellaswag", "openbookqa": "openbookqa"}
+
+
+def result(name, numbers, skip=(), extra=None, training=None):
+    """An eval/run.py result file's content with the given percentages as lm-eval fractions."""
+    res = {LM_EVAL_TASK[k]: {"acc,none": v / 100, "acc_stderr,none": 0.01, "acc_norm,none": 0.0}
+           for k, v in numbers.items() if k in LM_EVAL_TASK and k not in skip}
+    if "wikitext_ppl" in numbers:
+        res["wikitext"] = {"word_perplexity,none": numbers["wikitext_ppl"], "bits_per_byte,none": 0.8}
+    res.update(extra or {})
+    return {"checkpoint": f"/runs/{name}/final", "name": name, "config": "tiny_LLaMA_1b", "backend": "ours",
+            "tasks": sorted(res), "num_fewshot": None, "limit": None, "results": res, "growth": None,
+            "training": training or {"tokens": None, "flops": None, "step": None}}
+
+
+def by_key(rows):
+    return {r.key: r for r in rows}
+
+
+def test_fig3_numbers_reproduce_fig3():
+    results = [result(name, nums) for name, nums in FIG3.items()]
+    rows = by_key(table.build_table(results))
+    assert rows["model"].values == list(FIG3)
+    for key in PAPER["fig3"]["tasks"] + ["wikitext_ppl"]:
+        assert rows[key].values == pytest.approx([FIG3[c][key] for c in FIG3], abs=1e-9), key
+    assert rows["avg"].label == "Avg"
+    assert rows["avg"].values == pytest.approx([FIG3[c]["avg"] for c in FIG3], abs=0.006)  # the paper rounds
+    md = table.format_table(table.build_table(results[:1]), "markdown").splitlines()
+    assert md[0] == "| Metric | G_stack |"
+    assert md[2:] == ["| Lambada | 48.20 |", "| ARC-c | 29.18 |", "| ARC-e | 54.25 |", "| LogiQA | 28.87 |",
+                      "| PIQA | 71.98 |", "| SciQ | 81.10 |", "| Winogrande | 56.03 |", "| Avg | 52.80 |",
+                      "| Wikitext PPL | 16.73 |"]
+
+
+def test_paper_columns_beside_ours_match():
+    rows = table.build_table([result("ours", FIG3["G_stack"])], "fig3", ["G_stack", "scratch"])
+    assert rows[0].values == ["ours", "paper: G_stack", "paper: scratch"]
+    for row in rows[1:]:
+        if row.key in ("train_loss", "speedup_pct"):
+            assert row.values[0] is None and row.values[2] is not None
+        else:
+            assert row.cells()[0] == row.cells()[1], row.label
+    text = table.format_table(rows, "csv")
+    parsed = list(csv.reader(io.StringIO(text)))
+    assert parsed[0] == ["Metric", "ours", "paper: G_stack", "paper: scratch"]
+    assert parsed[8] == ["Avg", "52.80", "52.80", "50.12"]
+    assert parsed[-1] == ["Speedup", "-", "49.1%", "0.0%"]
+    assert [r[0] for r in parsed[1:8]] == ["Lambada", "ARC-c", "ARC-e", "LogiQA", "PIQA", "SciQ", "Winogrande"]
+
+
+def test_missing_tasks_and_extra_tasks():
+    part = result("part", FIG3["scratch"], skip=("logiqa", "sciq"),
+                  extra={"sample_qa": {"acc,none": 0.25, "acc_norm,none": 0.5}, "sample_text": {
+                      "word_perplexity,none": 40.0, "byte_perplexity,none": 2.0}})
+    rows = by_key(table.build_table([part]))
+    assert rows["avg"].label == "Avg (5/7)"
+    kept = [FIG3["scratch"][k] for k in ("lambada", "arc_c", "arc_e", "piqa", "winogrande")]
+    assert rows["avg"].values[0] == pytest.approx(sum(kept) / 5)
+    assert rows["logiqa"].cells() == ["-"]
+    assert rows["sample_qa"].label == "sample_qa (acc)" and rows["sample_qa"].values == [25.0]
+    assert rows["sample_text"].label == "sample_text (word_perplexity)" and rows["sample_text"].values == [40.0]
+    keys = [r.key for r in table.build_table([part])]
+    assert keys.index("sample_qa") > keys.index("wikitext_ppl") > keys.index("avg")
+    mixed = table.build_table([part, result("full", FIG3["G_stack"])])
+    assert by_key(mixed)["avg"].label == "Avg (5/7, 7/7)"
+
+
+def test_tab6_averages_ten_tasks_and_training_rows():
+    g7 = PAPER["tab6"]["columns"]["G_stack-7B"]
+    ours = result("g7", g7, training={"tokens": 130e9, "flops": 8.2e21, "step": 31000})
+    rows = by_key(table.build_table([ours], "tab6"))
+    assert rows["avg"].label == "Avg" and rows["avg"].values[0] == pytest.approx(57.79, abs=0.005)
+    assert rows["hellaswag"].values[:2] == pytest.approx([65.85, 65.85])
+    assert rows["flops"].cells()[0] == "8.2e+21"
+    assert rows["avg"].values[1:] == [57.79, 56.56, 50.43, 54.16]
+
+
+def error_line(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        table.main(argv)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_cli(tmp_path, capsys):
+    files = []
+    for name in ("G_stack", "scratch"):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(result(name, FIG3[name])))
+    out = tmp_path / "t" / "fig3.md"
+    table.main([str(f) for f in files] + ["--paper", "fig3", "--paper-columns", "G_stack", "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith("Fig. 3") and "| Avg | 52.80 | 50.12 | 52.80 |" in text
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text("[1, 2]")
+    assert "unknown --paper 'fig9'" in error_line(capsys, [str(files[0]), "--paper", "fig9"])
+    assert "no such file" in error_line(capsys, [str(tmp_path / "missing.json")])
+    assert "not readable JSON" in error_line(capsys, [str(tmp_path / "bad.json")])
+    assert "no 'results' object" in error_line(capsys, [str(tmp_path / "other.json")])
+    assert "unknown --format" in error_line(capsys, [str(files[0]), "--format", "html"])
+    assert "not in fig3" in error_line(capsys, ["--paper", "fig3", "--paper-columns", "nope"])
+    assert "give result files" in error_line(capsys, [])
+
+
+def test_script_help_and_run(tmp_path):
+    script = str(ROOT / "eval" / "table.py")
+    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--paper", "--paper-columns", "--format", "--out"):
+        assert flag in help_text
+    out = subprocess.run([sys.executable, script, "--paper", "tab3", "--format", "csv"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.splitlines()[0].startswith("Metric,paper: Pythia-1B,paper: TinyLlama-1.1B (acc_norm)")
+    assert "Avg,50.53,-,52.80,50.09" in out
