@@ -16,7 +16,7 @@ import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -40,6 +40,17 @@ def find_latest(out_dir: Path) -> Optional[Path]:
     found = [(int(m.group(1)), p) for p in out_dir.glob("step-*")
              if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file()]
     return max(found)[1] if found else None
+
+
+def prune(out_dir: Path, keep: int) -> List[Path]:
+    """Deletes all but the newest `keep` complete checkpoints and returns them. Only the newest complete one is
+    ever resumed from; older ones matter only for growth from an intermediate step or for analysis."""
+    found = sorted((int(m.group(1)), p) for p in out_dir.glob("step-*")
+                   if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file())
+    doomed = [p for _, p in found[:max(0, len(found) - keep)]]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
 
 
 def rng_state() -> Dict[str, Any]:

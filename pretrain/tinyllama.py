@@ -96,6 +96,10 @@ def validate(args: TrainArgs) -> Config:
                          f"processes = {args.micro_batch_size} x {world}")
     if (args.max_steps is None) == (args.max_tokens is None):
         raise UsageError("give exactly one of --max_steps and --max_tokens")
+    if (args.max_steps or 0) < 0 or (args.max_tokens or 0) < 0:
+        raise UsageError("--max_steps and --max_tokens cannot be negative")
+    if args.keep_last is not None and args.keep_last < 1:
+        raise UsageError("--keep_last must be at least 1 (the checkpoint a resume needs)")
     if args.block_size and args.block_size > config.block_size:
         raise UsageError(f"--block_size {args.block_size} exceeds the model's block_size {config.block_size}")
     if args.initial_checkpoint:
@@ -227,7 +231,9 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     world = fabric.world_size
     accumulation = args.global_batch_size // (args.micro_batch_size * world)
     tokens_per_step = args.global_batch_size * block
-    max_steps = args.max_steps or max(1, args.max_tokens // tokens_per_step)
+    # 0 steps is allowed: it exports the initial weights (the paper's d = 0 base, a random model)
+    max_steps = args.max_steps if args.max_steps is not None else max(
+        1 if args.max_tokens else 0, args.max_tokens // tokens_per_step)
     fabric.seed_everything(args.seed)
 
     model = GPT(config)  # full init on every rank with one seed: identical to a single-process run
@@ -287,6 +293,9 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
                 "world_size": world, "hparams": asdict(args)}
         path = ckpt.save(fabric, out_dir, step, model.module, optimizer.optimizer, meta, config)
         fabric.print(f"saved {path}")
+        if args.keep_last and fabric.global_rank == 0:
+            for old in ckpt.prune(out_dir, args.keep_last):
+                fabric.print(f"deleted {old} (--keep_last {args.keep_last})")
 
     start = time.perf_counter()
     monitor.tick()

@@ -45,6 +45,8 @@ class TrainArgs:
     eval_interval: int = field(default=100, metadata=_h("steps between validations; 0 disables"))
     eval_iters: int = field(default=10, metadata=_h("validation micro-batches in total, split over processes"))
     save_interval: int = field(default=100, metadata=_h("steps between checkpoints; 0: only at the end"))
+    keep_last: Optional[int] = field(default=None, metadata=_h(
+        "keep only the newest N step-* checkpoints (default: keep all; a 7B checkpoint is ~95 GB)"))
     log_interval: int = field(default=1, metadata=_h("steps between progress lines and metrics rows"))
     resume: Optional[str] = field(default=None, metadata=_h("'auto' (newest step-* in out_dir) or a checkpoint"))
     initial_checkpoint: Optional[str] = field(default=None, metadata=_h(

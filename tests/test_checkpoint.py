@@ -72,3 +72,14 @@ def test_config_mismatch(setup, tmp_path):
         ckpt.check_config(tmp_path / "step-00000001", small_config("gqa", n_layer=3))
     with pytest.raises(CheckpointError, match="no meta.json"):
         ckpt.load(fabric, tmp_path, model, optimizer)
+
+
+def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
+    for step in (5, 10, 100, 1000):
+        (tmp_path / f"step-{step:08d}").mkdir()
+        (tmp_path / f"step-{step:08d}" / "meta.json").write_text("{}")
+    (tmp_path / "step-00002000").mkdir()  # incomplete (no meta.json): neither counted nor deleted
+    deleted = ckpt.prune(tmp_path, 2)
+    assert sorted(p.name for p in deleted) == ["step-00000005", "step-00000010"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000100", "step-00001000", "step-00002000"]
+    assert ckpt.prune(tmp_path, 5) == []

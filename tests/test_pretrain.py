@@ -1,6 +1,7 @@
 """The training loop end to end on CPU: single process, two-process FSDP, resume, kill, bad input."""
 
 import csv
+import json
 import os
 import random
 import signal
@@ -13,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from lit_gpt import Config
+from lit_gpt import GPT, Config
 from lit_gpt.packed_dataset import PackedDatasetBuilder
 
 SCRIPT = ROOT / "pretrain" / "tinyllama.py"
@@ -81,6 +82,17 @@ def test_single_process_run(data_dir, tmp_path):
     assert export.returncode == 0, export.stderr
     exported = torch.load(tmp_path / "export" / "lit_model.pth", weights_only=True)
     assert all(torch.equal(exported[k], v) for k, v in final_weights(tmp_path).items())
+
+
+def test_zero_tokens_exports_the_initial_weights(data_dir, tmp_path):
+    """The paper's growth-timing point d = 0 (stacking an untrained base) is a run of --max_tokens 0."""
+    train(data_dir, tmp_path, "--max_tokens", 0, "--eval_interval", 0)
+    torch.manual_seed(3407)
+    init = GPT(Config(**MODEL)).state_dict()
+    assert all(torch.equal(final_weights(tmp_path)[k], v) for k, v in init.items())
+    training = json.loads((tmp_path / "final" / "training.json").read_text())
+    assert (training["step"], training["tokens"], training["flops"]) == (0, 0, 0.0)
+    assert train(data_dir, tmp_path / "neg", "--max_tokens", -5, check=False).returncode == 1
 
 
 def test_sigkill_and_resume_is_bitwise_identical(data_dir, tmp_path):
