@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from growth.writers import Transform, write_pth, write_safetensors
-from lit_gpt.checkpoint import consolidate
+from lit_gpt.checkpoint import check_masks_settled, consolidate
 from lit_gpt.config import Config
 from lit_gpt.convert import expected_shapes
 from lit_gpt.tokenizer import TOKENIZER_FILES
@@ -40,6 +40,7 @@ def load_source(src: Path, config_name: Optional[str] = None) -> Source:
         meta = json.loads((src / "meta.json").read_text())
         config = Config.load(config_name) if config_name else Config.from_json(src / "lit_config.json")
         state = consolidate(src)
+        check_masks_settled(src)
         training = {k: meta[k] for k in ("step", "tokens", "flops") if k in meta}
         training["stream_tokens"] = meta.get("skipped_tokens", 0) + meta.get("tokens", 0)
         return Source(src, config, state, _sha256_dir(src), training, src)

@@ -343,7 +343,7 @@ def learn(src: Path, target: str, op: str, data: Path, out: Path, steps: int = 1
         "connection_rate": connection_rate(index_map) if index_map else None, "masked_layers": [],
         "base_step": source.training.get("step"), "base_tokens": source.training.get("tokens"),
         # the operator's fit is compute spent before the continued run, so it counts as the base's
-        "base_flops": None if base_flops is None else base_flops + fit_flops,
+        "base_flops": fit_flops if base_flops is None else base_flops + fit_flops,
         "base_stream_tokens": source.training.get("stream_tokens", source.training.get("tokens")),
         "loss_before": losses["loss_before"], "loss_after": losses["loss_after"], "fit_tokens": losses["tokens"],
         "fit_flops": fit_flops,

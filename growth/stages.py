@@ -73,7 +73,8 @@ def load_recipe(path: Path, out_dir: Optional[Path] = None) -> Dict[str, Any]:
 
 def plan(recipe: Dict[str, Any], launcher: Sequence[str] = ()) -> List[Step]:
     """The grow and train commands of every stage, in order, with the file that marks each one done."""
-    out_dir, shared = Path(recipe["out_dir"]), dict(recipe.get("train") or {})
+    # commands run from the repository root, so relative paths (out_dir, data) are read from there too
+    out_dir, shared = ROOT / recipe["out_dir"], dict(recipe.get("train") or {})
     _check_keys(shared, TRAIN_KEYS, "train")
     steps, previous, names = [], None, set()
     for k, stage in enumerate(recipe["stages"], 1):
@@ -84,7 +85,7 @@ def plan(recipe: Dict[str, Any], launcher: Sequence[str] = ()) -> List[Step]:
         names.add(name)
         grow = stage.pop("grow", None)
         _check_keys(stage, TRAIN_KEYS - {"out_dir", "initial_checkpoint"}, f"stage {name!r}")
-        args = {**shared, **stage, "out_dir": str(out_dir / name)}
+        args = {"resume": "auto", **shared, **stage, "out_dir": str(out_dir / name)}  # an interrupted stage resumes
         if "model_name" not in args:
             raise ValueError(f"stage {name!r}: no model_name")
         if grow is not None:
@@ -141,7 +142,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = []
 
     def run() -> None:
-        steps = plan(load_recipe(args.recipe, args.out_dir), shlex.split(args.launcher))
+        out_dir = args.out_dir.resolve() if args.out_dir else None
+        steps = plan(load_recipe(args.recipe, out_dir), shlex.split(args.launcher))
         for i, step in enumerate(steps, 1):
             status = "done" if step.done else ("to run" if args.dry_run else "running")
             print(f"[{i}/{len(steps)}] {step.kind} {step.stage}: {status}\n  {shlex.join(step.command)}", flush=True)

@@ -76,7 +76,8 @@ def write_pth(path: Path, state: State, transform: Optional[Transform] = None,
 
 
 def _patch_zip_crcs(path: Path, crcs: Dict[str, int]) -> None:
-    """Writes each record's CRC-32 into its local header (offset 14) and central-directory entry (offset 16)."""
+    """Writes each record's CRC-32 into its local header (offset 14), its data descriptor when it has one (the
+    16 bytes after the data, flag bit 3) and its central-directory entry (offset 16)."""
     with zipfile.ZipFile(path) as z:
         infos = {info.filename.split("/", 1)[1]: info for info in z.infolist()}
         central = z.start_dir
@@ -90,7 +91,15 @@ def _patch_zip_crcs(path: Path, crcs: Dict[str, int]) -> None:
             entries[name] = f.tell() - name_len - 46
             f.seek(extra_len + comment_len, 1)
         for name, crc in crcs.items():
-            for where in (infos[name].header_offset + 14, entries[name] + 16):
+            info = infos[name]
+            places = [info.header_offset + 14, entries[name] + 16]
+            if info.flag_bits & 0x08:
+                f.seek(info.header_offset + 26)
+                name_len, extra_len = struct.unpack("<HH", f.read(4))
+                descriptor = info.header_offset + 30 + name_len + extra_len + info.compress_size
+                f.seek(descriptor)
+                places.append(descriptor + (4 if f.read(4) == b"PK\x07\x08" else 0))
+            for where in places:
                 f.seek(where)
                 f.write(struct.pack("<I", crc))
 

@@ -42,12 +42,13 @@ def find_latest(out_dir: Path) -> Optional[Path]:
     return max(found)[1] if found else None
 
 
-def prune(out_dir: Path, keep: int) -> List[Path]:
-    """Deletes all but the newest `keep` complete checkpoints and returns them. Only the newest complete one is
-    ever resumed from; older ones matter only for growth from an intermediate step or for analysis."""
+def prune(out_dir: Path, keep: int, current: int) -> List[Path]:
+    """Keeps the checkpoint of step `current` (just saved) and the newest `keep` - 1 complete ones before it,
+    deletes the older ones and returns them. Later steps (left by a run resumed from an earlier checkpoint)
+    are not touched. Only the newest is ever resumed from; older ones matter for growth or analysis."""
     found = sorted((int(m.group(1)), p) for p in out_dir.glob("step-*")
-                   if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file())
-    doomed = [p for _, p in found[:max(0, len(found) - keep)]]
+                   if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file() and int(m.group(1)) < current)
+    doomed = [p for _, p in found[:max(0, len(found) - (keep - 1))]]
     for path in doomed:
         shutil.rmtree(path)
     return doomed
@@ -121,9 +122,16 @@ def check_config(path: Path, config: Config) -> None:
 
 def export_weights(fabric, model: torch.nn.Module, config: Config, out_dir: Path,
                    tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None) -> None:
-    """Collective: gathers full weights and writes `lit_model.pth` + `lit_config.json` (rank 0)."""
+    """Collective: gathers full weights and writes `lit_model.pth` + `lit_config.json` (rank 0).
+
+    Growth masks still ramping (random-depth, random-width) are baked into the weights: the export computes
+    what the masked model computed, without the masks."""
+    from lit_gpt.model import growth_mask_factors
+
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if fabric.global_rank == 0:
+        for key, factor in growth_mask_factors(model).items():
+            state[key] = (state[key].float() * factor).to(state[key].dtype)
         write_weights(state, config, out_dir, tokenizer_dir, training)
     fabric.barrier()
 
@@ -142,6 +150,26 @@ def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
         for name in TOKENIZER_FILES:
             if (tokenizer_dir / name).is_file():
                 shutil.copy2(tokenizer_dir / name, out_dir / name)
+
+
+def check_masks_settled(path: Path) -> None:
+    """Refuses a training checkpoint whose random-* growth masks were still ramping: its raw weights alone
+    compute a different model (the masks live in the run's growth.json and step, not in the weights)."""
+    meta = json.loads((path / "meta.json").read_text())
+    hparams = meta.get("hparams") or {}
+    initial = hparams.get("initial_checkpoint")
+    if not initial:
+        return
+    initial = Path(initial)
+    record_file = (initial if initial.is_dir() else initial.parent) / "growth.json"
+    if not record_file.is_file():
+        return
+    record = json.loads(record_file.read_text())
+    span = int(hparams.get("mask_ramp_steps") or 0)
+    end = 3 * span if record.get("width_masks") else span if record.get("masked_layers") else 0
+    if meta["step"] <= end:
+        raise CheckpointError(f"{path}: its {record['operator']} growth masks ramp until step {end + 1} and are not "
+                              "saved in the weights; use the run's final/ export (masks baked in) or a later step")
 
 
 def consolidate(path: Path) -> Dict[str, torch.Tensor]:

@@ -86,6 +86,38 @@ class GPT(nn.Module):
             module.register_forward_hook(_width_mask_hook)
 
 
+def _plain_name(name: str) -> str:
+    """A module name as the state dict spells it, without compile and activation-checkpoint wrappers."""
+    return ".".join(part for part in name.split(".") if part not in ("_orig_mod", "_checkpoint_wrapped_module"))
+
+
+def growth_mask_factors(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """State-dict key -> the factor that bakes the current random-* growth masks into that tensor, so saved
+    weights compute what the masked model computes: a masked layer's branch outputs (`proj`, `w3`) scale by its
+    mask; a width-masked module's output rows (embedding columns) by keep + (1 - keep) ramp."""
+    factors: Dict[str, torch.Tensor] = {}
+
+    def scale(key: str, factor: torch.Tensor) -> None:
+        factors[key] = factors[key] * factor if key in factors else factor
+
+    for name, module in model.named_modules():
+        name = _plain_name(name)
+        mask = getattr(module, "growth_mask", None)
+        if mask is not None:
+            for sub in (module.attn.proj, module.mlp.swiglu.w3):
+                sub_name = "attn.proj" if sub is module.attn.proj else "mlp.swiglu.w3"
+                for param in ("weight", "bias"):
+                    if getattr(sub, param, None) is not None:
+                        scale(f"{name}.{sub_name}.{param}", mask.detach().float().cpu())
+        keep = getattr(module, "growth_keep", None)
+        if keep is not None:
+            factor = (keep + (1 - keep) * module.growth_ramp).detach().float().cpu()
+            scale(f"{name}.weight", factor[None, :] if isinstance(module, nn.Embedding) else factor[:, None])
+            if getattr(module, "bias", None) is not None:
+                scale(f"{name}.bias", factor)
+    return factors
+
+
 # MSG's three-phase schedule (reference stacking-paper.md §3.5): new FFN units open first, then new hidden
 # dims, then new heads, each phase ramping over its own span of steps
 WIDTH_PHASES = ("ffn", "hidden", "heads")

@@ -30,7 +30,7 @@ from lit_gpt import checkpoint as ckpt  # noqa: E402
 from lit_gpt.convert import expected_shapes  # noqa: E402
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
 from lit_gpt.kernels import describe  # noqa: E402
-from lit_gpt.model import Block, set_width_ramps  # noqa: E402
+from lit_gpt.model import set_width_ramps  # noqa: E402
 from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, flops_per_token, format_duration  # noqa: E402,E501
 from lit_gpt.utils import check_state_dict, exit_code, load_state_dict  # noqa: E402
@@ -294,7 +294,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         path = ckpt.save(fabric, out_dir, step, model.module, optimizer.optimizer, meta, config)
         fabric.print(f"saved {path}")
         if args.keep_last and fabric.global_rank == 0:
-            for old in ckpt.prune(out_dir, args.keep_last):
+            for old in ckpt.prune(out_dir, args.keep_last, step):
                 fabric.print(f"deleted {old} (--keep_last {args.keep_last})")
 
     start = time.perf_counter()

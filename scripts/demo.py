@@ -107,7 +107,11 @@ def main(argv=None) -> int:
     subprocess.run(python("scripts/prepare_sample_data.py", "--out", "data/sample"), check=True, cwd=ROOT)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    if not 0 < args.base_fraction < 1:
+        raise SystemExit(f"error: --base_fraction must be between 0 and 1, got {args.base_fraction}")
     steps = budget(args.tokens, args.base_fraction)
+    if min(steps.values()) < 1:
+        raise SystemExit(f"error: --tokens {args.tokens} leaves a run with no steps ({steps}); give more tokens")
     every = max(5, steps["8L"] // 8)
     flags = common_flags(args.seed, every)
     print(f"\nbudget: {steps['8L']} steps of {TARGET} = {steps['4L']} steps of {BASE}; base d = {steps['base']} "

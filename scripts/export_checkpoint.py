@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.checkpoint import consolidate, find_latest, write_weights  # noqa: E402
+from lit_gpt.checkpoint import check_masks_settled, consolidate, find_latest, write_weights  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.utils import exit_code  # noqa: E402
 
@@ -31,6 +31,7 @@ def export(checkpoint_dir: Path, out_dir: Path = None, tokenizer_dir: Path = Non
     if not (path / "meta.json").is_file() and path.is_dir():
         path = find_latest(path) or path
     state = consolidate(path)
+    check_masks_settled(path)
     out = out_dir or path / "export"
     meta = json.loads((path / "meta.json").read_text())
     training = {k: meta[k] for k in ("step", "tokens", "flops")}

@@ -79,7 +79,12 @@ def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
         (tmp_path / f"step-{step:08d}").mkdir()
         (tmp_path / f"step-{step:08d}" / "meta.json").write_text("{}")
     (tmp_path / "step-00002000").mkdir()  # incomplete (no meta.json): neither counted nor deleted
-    deleted = ckpt.prune(tmp_path, 2)
+    deleted = ckpt.prune(tmp_path, 2, current=1000)
     assert sorted(p.name for p in deleted) == ["step-00000005", "step-00000010"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000100", "step-00001000", "step-00002000"]
-    assert ckpt.prune(tmp_path, 5) == []
+    assert ckpt.prune(tmp_path, 5, current=1000) == []
+    # resumed from step 100 and saved step 200: a stale later step (1000) is never what gets deleted
+    (tmp_path / "step-00000200").mkdir()
+    (tmp_path / "step-00000200" / "meta.json").write_text("{}")
+    assert [p.name for p in ckpt.prune(tmp_path, 1, current=200)] == ["step-00000100"]
+    assert (tmp_path / "step-00000200").is_dir() and (tmp_path / "step-00001000").is_dir()

@@ -28,6 +28,9 @@ def test_function_preserving_growth_continues_the_base_run(data_dir, tmp_path): 
             "--out", tmp_path / op)
         train(data_dir, tmp_path / f"run-{op}", "--model_name", target, "--max_steps", 2, "--eval_interval", 0,
               "--initial_checkpoint", tmp_path / op, "--mask_ramp_steps", 4)
+    refused = subprocess.run([sys.executable, "scripts/export_checkpoint.py", "--checkpoint_dir",
+                              str(tmp_path / "run-random-depth" / "step-00000002")], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 1 and "masks ramp until step 5" in refused.stderr  # mask 1/4 in the raw weights
     base, zero, stacked = metrics(tmp_path / "base"), metrics(tmp_path / "run-zero-depth"), metrics(tmp_path / "run-stack")
     masked = metrics(tmp_path / "run-random-depth")
     # the grown run reads the batch the base run would have read next (step 5), with the base's function

@@ -242,7 +242,7 @@ def test_direct_width_preserves_the_function_when_norms_are_identities(pair, spl
 
 def test_random_width_copies_old_entries_and_draws_new_ones_at_the_init():
     src, tgt = config(2, 2, 8, 48), config(8, 2, 8, 192)
-    d, D, f, L = src.n_embd, tgt.n_embd, src.intermediate_size, tgt.n_layer
+    d, D, L = src.n_embd, tgt.n_embd, tgt.n_layer
     sd = source_model(src).state_dict()
     out = random_width(src, sd, tgt, torch.Generator().manual_seed(0))
     rows = sd["transformer.h.0.attn.attn.weight"].shape[0]  # old groups are the first fused rows

@@ -8,7 +8,8 @@ from conftest import small_config
 from test_growth_depth import assert_refused, grow_cli, save_base
 
 from lit_gpt import GPT
-from lit_gpt.model import set_width_ramps, width_ramps
+from growth.width import random_width_masks
+from lit_gpt.model import growth_mask_factors, set_width_ramps, width_ramps
 
 
 @pytest.mark.parametrize("op, exact", [("hyperclone", True), ("zero-width", True), ("direct-width", False)])
@@ -74,3 +75,18 @@ def test_width_ramps_follow_msgs_three_phases():
     assert width_ramps(15, 10) == {"ffn": 1.0, "hidden": 0.5, "heads": 0.0}
     assert width_ramps(25, 10) == {"ffn": 1.0, "hidden": 1.0, "heads": 0.5}
     assert width_ramps(40, 10) == {"ffn": 1.0, "hidden": 1.0, "heads": 1.0}
+
+
+def test_growth_mask_factors_bake_ramping_masks_into_plain_weights():
+    src = small_config("gqa")
+    tgt = small_config("gqa", n_embd=128, n_head=8, n_query_groups=4, intermediate_size=320)
+    masked = GPT(tgt)
+    masked.set_growth_mask([1], 0.3)  # a random-depth mask on top, to check that factors compose
+    masked.set_width_masks(random_width_masks(src, tgt))
+    set_width_ramps(masked, 6, 4)  # FFN units open, hidden dims half way, heads still shut
+    baked = {k: v * growth_mask_factors(masked).get(k, 1.0) for k, v in masked.state_dict().items()}
+    plain = GPT(tgt)
+    plain.load_state_dict(baked)
+    idx = torch.randint(0, 96, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(idx), masked(idx), rtol=1e-5, atol=1e-5)

@@ -1,5 +1,6 @@
 """Streaming writers: the grown file holds exactly what the in-memory operators compute, in both formats."""
 
+import struct
 import zipfile
 
 import pytest
@@ -28,6 +29,12 @@ def test_pth_round_trip_with_distinct_storages_and_valid_crcs(tmp_path, monkeypa
     assert sum(written) == sum(t.numel() * t.element_size() for t in state.values())
     with zipfile.ZipFile(tmp_path / "w.pth") as z:
         assert z.testzip() is None
+        data = (tmp_path / "w.pth").read_bytes()
+        for info in z.infolist():  # the data descriptors after each record hold the CRC too
+            if info.flag_bits & 0x08:
+                name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+                at = info.header_offset + 30 + name_len + extra_len + info.compress_size
+                assert data[at:at + 4] == b"PK\x07\x08" and struct.unpack("<I", data[at + 4:at + 8])[0] == info.CRC
     loaded = torch.load(tmp_path / "w.pth", weights_only=True, mmap=mmap)
     assert list(loaded) == list(state)
     for key, tensor in state.items():
