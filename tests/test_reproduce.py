@@ -15,7 +15,8 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import reproduce as rp  # noqa: E402, I001 - found through the sys.path entry above
+import paper_runs as pr  # noqa: E402, I001 - found through the sys.path entry above
+import reproduce as rp  # noqa: E402
 from lit_gpt.cli import parse  # noqa: E402
 from pretrain.train_args import TrainArgs  # noqa: E402
 
@@ -99,7 +100,7 @@ def test_operators_budget_paper_identity_and_exact_accounting(capsys):
         scratch_flops = rp.budget(scratch).flops
         assert scratch_flops < b.total < 1.01 * scratch_flops
         # g = 4 in non-embedding parameters for depth and width bases alike (the paper's definition of g)
-        assert rp.non_embedding(run.model) / rp.non_embedding(base.model) == pytest.approx(4, rel=0.01)
+        assert pr.non_embedding(run.model) / pr.non_embedding(base.model) == pytest.approx(4, rel=0.01)
     out = dry_run(capsys, "operators-1.1b")
     row = next(line for line in out.splitlines() if line.strip().startswith("1.1b-stack "))
     assert "100.3B" in row and row.split()[-2] == "100B"  # exact | paper accounting, side by side
@@ -138,19 +139,19 @@ def test_timing_and_factor_sweeps_cover_the_papers_values():
     for key in rp.EXPERIMENTS["factor"].runs:
         run = rp.RUNS[key]
         if run.grow:
-            base = rp.load_config(rp.RUNS[run.grow.base].model)
-            assert rp.load_config(run.model).n_layer == run.grow.g * base.n_layer
+            base = pr.load_config(rp.RUNS[run.grow.base].model)
+            assert pr.load_config(run.model).n_layer == run.grow.g * base.n_layer
     assert sorted(rp.RUNS[k].grow.g for k in rp.EXPERIMENTS["factor-3b"].runs if rp.RUNS[k].grow) == [4, 8, 16, 32]
 
 
 def test_partial_stacking_maps_and_connection_rates():
     exp = rp.EXPERIMENTS["partial-stacking"]
     specs = [rp.RUNS[k].grow.layers or "123456*4" for k in exp.runs if rp.RUNS[k].grow]
-    assert sorted(specs) == sorted(rp.PARTIAL)
-    for spec in rp.PARTIAL:  # the paper's printed R_c, which has two rounding slips (reference §4.2)
-        assert rp.rc(spec) == pytest.approx(rp.PARTIAL_RC[spec], abs=0.25), spec
-    assert rp.rc("cyclic", 8, 24) == pytest.approx(91.3, abs=0.05)
-    assert rp.rc("interleave", 8, 24) == pytest.approx(30.4, abs=0.05)
+    assert sorted(specs) == sorted(pr.PARTIAL)
+    for spec in pr.PARTIAL:  # the paper's printed R_c, which has two rounding slips (reference §4.2)
+        assert pr.rc(spec) == pytest.approx(pr.PARTIAL_RC[spec], abs=0.25), spec
+    assert pr.rc("cyclic", 8, 24) == pytest.approx(91.3, abs=0.05)
+    assert pr.rc("interleave", 8, 24) == pytest.approx(30.4, abs=0.05)
     interp = rp.RUNS["1.1b-interleave-8L"]
     assert interp.grow.layers == "interleave" and rp.RUNS["1.1b-stack-8L"].grow.layers is None
 
@@ -213,12 +214,12 @@ def test_recipes_match_the_table():
 def test_small_gpu_recipe_is_about_100M_and_flops_matched():
     from lit_gpt.config import Config, param_count
 
-    target = Config.load(str(ROOT / rp.FSMALL.target))
+    target = Config.load(str(ROOT / pr.FSMALL.target))
     base = Config.load(str(ROOT / rp.SMALL_DIR / "6L512H.json"))
     assert 90e6 < param_count(target) < 130e6 and target.n_layer == 4 * base.n_layer
     stack, scratch = rp.RUNS["small-stack"], rp.RUNS["small-scratch"]
     assert 2 * B <= scratch.tokens <= 10 * B
-    step_flops = rp.fpt(stack.model) * rp.FSMALL.batch * rp.SEQ
+    step_flops = rp.fpt(stack.model) * pr.FSMALL.batch * rp.SEQ
     assert abs(rp.budget(stack).total - rp.budget(scratch).flops) <= step_flops  # exact FLOPs, one step
     exp = rp.EXPERIMENTS["small-gpu"]
     assert (exp.nodes, exp.gpus_per_node) == (1, 1)
@@ -384,4 +385,4 @@ def test_expected_numbers_come_from_the_paper(capsys):
     assert "54.6%" in dry_run(capsys, "scaling-7b")
     timing = dry_run(capsys, "timing")
     assert re.search(r"d = 11\.\dB", timing)  # Eq. 2 at 1.1B / 100B (reference §7: 11.4B)
-    assert math.isclose(rp.eq2(1.1 * B, 100 * B) / B, 11.4, abs_tol=0.05)
+    assert math.isclose(pr.eq2(1.1 * B, 100 * B) / B, 11.4, abs_tol=0.05)

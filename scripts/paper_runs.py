@@ -1,0 +1,498 @@
+"""The paper's experiments as data: every training run (RUNS), every experiment (EXPERIMENTS) and their FLOPs
+budgets (`budget`). `scripts/reproduce.py` turns them into recipes, stages and jobs; its docstring explains the
+accounting. Edit the table here, then `python scripts/reproduce.py write-configs`.
+"""
+
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from growth.layers import connection_rate, resolve  # noqa: E402
+from lit_gpt.config import Config, param_count  # noqa: E402
+from lit_gpt.speed_monitor import flops_per_token  # noqa: E402
+
+B = 10 ** 9
+SEQ = 2048
+CONFIG_DIR = Path("pretrain/configs/paper")
+DEFAULT_OUT = "out/paper"
+PAPER_NUMBERS = ROOT / "eval" / "paper_numbers.json"
+
+
+class UsageError(ValueError):
+    """Bad input: reported as one `error:` line, exit status 1."""
+
+
+# ------------------------------------------------------------------------------------------------ the run table
+
+
+@dataclass(frozen=True)
+class Family:
+    """Settings every run of one target size shares (paper §5.3, Tab. 1)."""
+
+    name: str  # output subdirectory and recipe prefix
+    target: str  # config name or lit_config.json path
+    lr: float  # the target's peak LR; min_lr is lr / 10
+    micro: int  # the target's micro-batch per GPU
+    scratch_tokens: int  # the budget T of the experiment's scratch baseline
+    batch: int = 1024  # sequences of 2048 tokens: 2M tokens per step
+    warmup: int = 3000
+    horizon: int = 300_000  # the long cosine the paper stopped early on (§5.3, §7 Limitations)
+    eval_interval: int = 1000
+    eval_iters: int = 100
+    save_interval: int = 5000
+
+
+@dataclass(frozen=True)
+class Grow:
+    base: str  # key of the base run
+    op: str  # python -m growth grow/learn --op
+    g: float  # growth factor in non-embedding parameters, the paper's d/g accounting
+    layers: Optional[str] = None
+    noise: float = 0.0
+    learn_steps: int = 100  # G_learn's operator fit: LiGO's ~100 steps; the paper does not say (reference §3.3)
+
+
+@dataclass(frozen=True)
+class Run:
+    key: str  # "<family>-<name>": recipe pretrain/configs/paper/<key>.yaml, output <out>/<family>/<name>
+    family: Family
+    name: str
+    model: str
+    tokens: int  # max_tokens
+    lr: float
+    micro: int
+    about: str
+    grow: Optional[Grow] = None
+    extra: Tuple[Tuple[str, object], ...] = ()  # more TrainArgs fields
+    snapshot: Optional[int] = None  # also export the weights at this many tokens (a mid-run checkpoint)
+    recipe: Optional[str] = None  # a stage of this `python -m growth stages` recipe, not a recipe of its own
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // (self.family.batch * SEQ))  # what pretrain/tinyllama.py trains
+
+    @property
+    def trained_tokens(self) -> int:
+        return self.steps * self.family.batch * SEQ
+
+
+F11 = Family("1.1b", "24L2048H", 3e-4, 8, 100 * B)
+F410 = Family("410m", "24L1024H", 6e-4, 16, 750 * B)
+F3 = Family("3b", "tiny_LLaMA_3B", 1.6e-4, 4, 300 * B)
+F7 = Family("7b", "tiny_LLaMA_7B", 1e-4, 2, 300 * B)
+# 8 -> 24 layer ablations (App. H.2 Fig. 35, App. I.2): the GQA 1.1B of the noise study, compared over 40B tokens
+F8 = Family("1.1b", "tiny_LLaMA_1.1B", 3e-4, 8, 40 * B)
+SMALL_DIR = CONFIG_DIR / "small"
+SMALL_CONFIGS = {  # ~110M / 52M: the 1.1B pair's shape (MHA, head size 64, FFN 2.75 d, 6 -> 24 layers) at width 512
+    f"{n}L512H": dict(name=f"{n}L512H", block_size=2048, vocab_size=32000, padding_multiple=64, n_layer=n, n_head=8,
+                      n_embd=512, n_query_groups=8, intermediate_size=1408, rotary_percentage=1.0,
+                      parallel_residual=False, bias=False, _norm_class="FusedRMSNorm", norm_eps=1e-5,
+                      _mlp_class="LLaMAMLP")
+    for n in (24, 6)}
+# one GPU: 0.5M-token batches; the paper's schedule shape scaled to the shorter run (warm-up, horizon 6x the run)
+FSMALL = Family("small", str(SMALL_DIR / "24L512H.json"), 6e-4, 16, 5 * B, batch=256, warmup=600, horizon=60_000,
+                eval_interval=200, eval_iters=50, save_interval=1000)
+
+BASE_NOTE = ("The paper gives a base LR only for 6L2048H (1e-3 with a 3e-4 target); every base here uses the same "
+             "10/3 x its target's LR, capped at 1e-3 and rounded to one digit.")
+DATA_NOTE = ("skip_tokens is unset on purpose: the run skips the tokens its base read (growth.json) and continues on "
+             "fresh data; the official g_stack.sh re-read about 7.9B of them (reference §5.3).")
+
+
+def base_lr(family: Family) -> float:
+    return float(f"{min(1e-3, family.lr * 10 / 3):.0e}")
+
+
+def format_tokens(n: float) -> str:
+    for scale, suffix in ((B, "B"), (10 ** 6, "M"), (10 ** 3, "K")):
+        if n >= scale:
+            return f"{n / scale:.4g}{suffix}"
+    return f"{n:g}"
+
+
+def _base(family: Family, name: str, model: str, tokens: int, micro: int, why: str) -> Run:
+    about = (f"Base for growth: {model} from scratch on d = {format_tokens(tokens)} tokens, on the same long cosine as every "
+             f"run, so its weights at d are those the paper grew (its base_model.sh kept step 5000, ~10.5B). {why} "
+             f"{BASE_NOTE}")
+    return Run(f"{family.name}-{name}", family, name, model, tokens, base_lr(family), micro, about)
+
+
+def _scratch(family: Family, name: str = "scratch", tokens: Optional[int] = None, model: Optional[str] = None) -> Run:
+    tokens = tokens or family.scratch_tokens
+    about = (f"Baseline: {model or family.target} from scratch on {format_tokens(tokens)} tokens, stopped early on the "
+             f"{family.horizon:,}-step cosine as the paper's runs were (§5.3, §7 Limitations).")
+    return Run(f"{family.name}-{name}", family, name, model or family.target, tokens, family.lr, family.micro, about)
+
+
+OP_TEXT = {"stack": "G_stack (G↑direct, whole-model stacking)", "zero-depth": "G↑zero",
+           "random-depth": "G↑random", "learn-depth": "G↑learn", "direct-width": "G→direct",
+           "zero-width": "G→zero", "random-width": "G→random", "learn-width": "G→learn"}
+
+
+def _grown(family: Family, name: str, grow: Grow, base: Run, tokens: Optional[int] = None, why: str = "",
+           extra: Tuple[Tuple[str, object], ...] = (), snapshot: Optional[int] = None, model: Optional[str] = None,
+           recipe: Optional[str] = None) -> Run:
+    if tokens is None:  # the paper's accounting: d/g + D = T (e.g. 10B/4 + 97.5B = 100B)
+        tokens = round(family.scratch_tokens - base.tokens / grow.g)
+    how = f"`python -m growth {'learn' if grow.op.startswith('learn') else 'grow'} --op {grow.op}" + (
+        f" --layers {grow.layers}" if grow.layers else "") + (f" --noise {grow.noise}" if grow.noise else "") + "`"
+    about = (f"{OP_TEXT.get(grow.op, grow.op)}: {model or family.target} grown from {base.key} ({base.model}, "
+             f"d = {format_tokens(base.tokens)}) by {how}, then D = {format_tokens(tokens)} tokens. {why} Fresh AdamW and a new "
+             f"warm-up, as the paper restarts both at growth. {DATA_NOTE}").replace("  ", " ")
+    return Run(f"{family.name}-{name}", family, name, model or family.target, tokens, family.lr, family.micro, about,
+               grow, extra, snapshot, recipe)
+
+
+def _runs() -> Dict[str, Run]:
+    runs: List[Run] = []
+    add = runs.append
+
+    # ---- 1.1B: operator grid (Fig. 3, Tab. 3), partial stacking, timing, factor, gradual
+    b6 = _base(F11, "base-6L2048H", "6L2048H", 10 * B, 32, "Depth base of the 1.1B target, g = 4 (§3.1).")
+    bw = _base(F11, "base-24L1024H", "24L1024H", 10 * B, 16,
+               "Width base of the 1.1B target: the same 308M non-embedding parameters, head size 64 kept, g = 4.")
+    add(b6), add(bw), add(_scratch(F11))
+    add(_grown(F11, "stack", Grow(b6.key, "stack", 4), b6, why="d/g + D = 2.5B + 97.5B = the cost of 100B scratch "
+               "tokens in the paper's accounting (§3.1, §5.4)."))
+    add(_grown(F11, "zero-depth", Grow(b6.key, "zero-depth", 4, layers="interleave"), b6,
+               why="Interleaved order (112233...) as the official G_zero_depthwise.py does (reference §3.4)."))
+    add(_grown(F11, "random-depth", Grow(b6.key, "random-depth", 4), b6, extra=(("mask_ramp_steps", 5000),),
+               why="New layers on top, their residual branches ramped 0 -> 1 over 5000 steps (the official code's "
+                   "grow_step; the paper does not give it)."))
+    add(_grown(F11, "learn-depth", Grow(b6.key, "learn-depth", 4), b6,
+               why="The operator is fitted for 100 steps first (LiGO's count; the paper gives none)."))
+    add(_grown(F11, "direct-width", Grow(bw.key, "direct-width", 4), bw, why="Neuron splitting, even fan-in split."))
+    add(_grown(F11, "zero-width", Grow(bw.key, "zero-width", 4), bw,
+               why="New fan-out rows zero (function-preserving)."))
+    add(_grown(F11, "random-width", Grow(bw.key, "random-width", 4), bw, extra=(("mask_ramp_steps", 5000),),
+               why="MSG masks ramped in three phases of 5000 steps (the official default)."))
+    add(_grown(F11, "learn-width", Grow(bw.key, "learn-width", 4), bw,
+               why="The operator is fitted for 100 steps first (LiGO's count; the paper gives none)."))
+    for spec in PARTIAL[1:]:
+        add(_grown(F11, "partial-" + spec.replace("*", "x"), Grow(b6.key, "stack", 4, layers=spec), b6,
+                   why=f"Partial stacking {spec} (App. H.3, Tab. 5); 123456*4 is G_stack itself (1.1b-stack)."))
+    for d in TIMING_D:
+        if d == 10 * B:
+            continue  # 1.1b-base-6L2048H and 1.1b-stack
+        label = "d0" if d == 0 else f"d{d // B}B"
+        if d == 0:  # max_tokens 0: the run exports its initial weights
+            base = _base(F11, f"base-6L2048H-{label}", "6L2048H", 0, 32,
+                         "Growth timing d = 0: no training, i.e. stacking an untrained model (§4.5).")
+        else:
+            base = _base(F11, f"base-6L2048H-{label}", "6L2048H", d, 32, "Growth-timing sweep (§4.2 Fig. 8, §7).")
+        add(base)
+        add(_grown(F11, f"stack-{label}", Grow(base.key, "stack", 4), base,
+                   tokens=F11.scratch_tokens - (0 if d == 0 else d // 4),
+                   why=f"Growth timing d = {format_tokens(d) if d else 0}: d/4 + D = 100B (IsoFLOP with the scratch baseline)."))
+    for layers, g in FACTOR_11:
+        base = _base(F11, f"base-{layers}L2048H", f"{layers}L2048H", 10 * B, 16 if layers > 6 else 32,
+                     f"Growth-factor sweep, g = {g} (§4.2, App. G.2 Figs. 29-30).")
+        add(base)
+        add(_grown(F11, f"stack-g{g}", Grow(base.key, "stack", g), base,
+                   why=f"Growth factor g = {g}: d/g + D = 100B."))
+    # 8 -> 24 layers (g = 3 in non-embedding parameters): interpolation and noise, over 40B tokens
+    b8 = _base(F8, "base-8L", "tiny_LLaMA_400M_like1.1B", 10 * B, 32,
+               "Base of the 8 -> 24 layer ablations (App. H.2 Fig. 35, App. I.2).")
+    add(b8)
+    for name, grow, why in (
+            ("stack-8L", Grow(b8.key, "stack", 3), "Cyclic G_stack, R_c = 21/23; the no-noise control."),
+            ("interleave-8L", Grow(b8.key, "stack", 3, layers="interleave"),
+             "Interpolation (112233...), R_c = 7/23 (App. H.2 Fig. 35)."),
+            ("stack-8L-noise0.2", Grow(b8.key, "stack", 3, noise=0.2), "Noise alpha = 0.2 (§5.2, App. I.2)."),
+            ("stack-8L-noise0.5", Grow(b8.key, "stack", 3, noise=0.5), "Noise alpha = 0.5, above the 20% the paper "
+                                                                       "finds harmful.")):
+        add(_grown(F8, name, grow, b8, tokens=40 * B, why=why + " All 8 -> 24 runs train D = 40B."))
+    for name, noise in (("direct-width-40B", 0.0), ("direct-width-40B-noise0.2", 0.2)):
+        add(_grown(F11, name, Grow(bw.key, "direct-width", 4, noise=noise), bw, tokens=40 * B,
+                   why=f"Noise ablation of G→direct, alpha = {noise}, compared after 40B tokens (§5.2)."))
+    # gradual stacking: 6L -> 12L -> 24L, each stage trained on 10B (the text; Fig. 33's legend says 50B)
+    g6 = _base(F11, "gradual/6L", "6L2048H", 10 * B, 32, "Gradual stacking, stage 1.")
+    g12 = _grown(F11, "gradual/12L", Grow(g6.key, "stack", 2, layers="top"), g6, tokens=10 * B, model="12L2048H",
+                 why="Gradual stacking, stage 2 (doubling: the top block is the whole stack).", recipe="gradual_stack")
+    g12 = dataclasses.replace(g12, lr=base_lr(F11), micro=16)
+    g24 = _grown(F11, "gradual/24L", Grow(g12.key, "stack", 2, layers="top"), g12, tokens=92_500_000_000,
+                 why="Gradual stacking, stage 3: 10B/4 + 10B/2 + 92.5B = 100B scratch-equivalent tokens.",
+                 recipe="gradual_stack")
+    add(dataclasses.replace(g6, recipe="gradual_stack")), add(g12), add(g24)
+
+    # ---- scaling: 410M (750B), 3B (300B), 7B (300B), d = 10B, g = 4 (§4.1)
+    for family, base_model, base_micro in ((F410, "6L1024H", 32), (F3, "tiny_LLaMA_750M_like3B", 16),
+                                           (F7, "tiny_LLaMA_1.7B_like7B", 8)):
+        layers = Config.load(base_model).n_layer
+        base = _base(family, f"base-{layers}L", base_model, 10 * B, base_micro, "Scaling runs: d = 10B, g = 4 (§4.1).")
+        add(base), add(_scratch(family))
+        why = f"d/g + D = 2.5B + {format_tokens(family.scratch_tokens - 2.5 * B)} = {format_tokens(family.scratch_tokens)} (§4.1)."
+        if family is F410:
+            why += (" 750B tokens pass SlimPajama's ~600B and the 300k-step horizon: the stream wraps and the LR "
+                    "ends at min_lr.")
+        add(_grown(family, "stack", Grow(base.key, "stack", 4), base, why=why,
+                   snapshot=130 * B if family is F7 else None))
+    for layers, g in FACTOR_3B:
+        base = _base(F3, f"base-{layers}L", FACTOR_3B_MODELS[layers], 10 * B, 32,
+                     f"Growth-factor sweep at 3B, g = {g} (App. G.2 Figs. 31-32).")
+        add(base)
+        add(_grown(F3, f"stack-g{g}", Grow(base.key, "stack", g), base, why=f"Growth factor g = {g}: d/g + D = 300B "
+                   "(the budget of the 3B scaling run; the paper does not state the sweep's)."))
+
+    # ---- one GPU, hours: the cheapest real check of the claim
+    sb = _base(FSMALL, "base-6L512H", str(SMALL_DIR / "6L512H.json"), 500_000_000, 16,
+               "d = 10% of the scratch budget, as the paper's 10B of 100B.")
+    add(sb), add(_scratch(FSMALL))
+    exact = small_exact_tokens(sb)
+    cfg = load_config(FSMALL.target)
+    embedding_share = 2 * cfg.padded_vocab_size * cfg.n_embd / param_count(cfg)
+    ratio = fpt(sb.model) / fpt(FSMALL.target) * 4
+    add(_grown(FSMALL, "stack", Grow(sb.key, "stack", 4), sb, tokens=exact,
+               why=f"D = 5B - {format_tokens(5 * B - exact)} (rounded to whole steps): the base's exact FLOPs, so G_stack and "
+                   f"scratch cost the same. Embeddings are {embedding_share:.0%} of this model, so the base costs "
+                   f"{ratio:.2f}x the paper's d/g estimate."))
+    return {r.key: r for r in runs}
+
+
+PARTIAL = ["123456*4", "12-3456*5-56", "12-345*7-6", "123-456*7", "1234-56*10", "12-34*10-56", "1-234*7-56",
+           "123*7-456"]
+PARTIAL_RC = {"123456*4": 87.0, "12-3456*5-56": 78.3, "12-345*7-6": 74.0, "123-456*7": 74.0, "1234-56*10": 60.7,
+              "12-34*10-56": 60.7, "1-234*7-56": 74.0, "123*7-456": 74.0}  # paper-numbers.json partial_stacking_rc
+PARTIAL_GROUP = {"123456*4": "1st (all)", "12-3456*5-56": "1st (middle-back)", "12-345*7-6": "1st (middle-back)",
+                 "123-456*7": "1st (back)", "1234-56*10": "2nd (back)", "12-34*10-56": "2nd (middle)",
+                 "1-234*7-56": "2nd (front-middle)", "123*7-456": "3rd, worse than scratch (front)"}
+TIMING_D = [0, 1 * B, 5 * B, 10 * B, 20 * B, 50 * B]  # §4.2 Fig. 8, App. G.1
+FACTOR_11 = [(12, 2), (3, 8), (1, 24)]  # (base layers, g); g = 4 is 1.1b-stack
+FACTOR_3B = [(4, 8), (2, 16), (1, 32)]  # g = 4 is 3b-stack
+FACTOR_3B_MODELS = {4: "tiny_LLaMA_375M_like3B", 2: "tiny_LLaMA_190M_like3B", 1: "tiny_LLaMA_80M_like3B"}
+
+
+def small_exact_tokens(base: Run) -> int:
+    """D such that FLOPs(base, d) + FLOPs(target, D) = FLOPs(target, T), rounded down to whole steps."""
+    fam = base.family
+    per_target = fpt(fam.target)
+    d_equiv = base.trained_tokens * fpt(base.model) / per_target
+    step = fam.batch * SEQ
+    return int((fam.scratch_tokens - d_equiv) // step * step)
+
+
+_FPT_CACHE: Dict[str, float] = {}
+
+
+def load_config(model: str) -> Config:
+    small = Path(model)
+    if small.parent == SMALL_DIR and small.stem in SMALL_CONFIGS:  # before write-configs has written the file
+        return Config(**SMALL_CONFIGS[small.stem])
+    return Config.load(model)
+
+
+def fpt(model: str) -> float:
+    if model not in _FPT_CACHE:
+        _FPT_CACHE[model] = flops_per_token(load_config(model), SEQ)
+    return _FPT_CACHE[model]
+
+
+def non_embedding(model: str) -> int:
+    c = load_config(model)
+    return param_count(c) - 2 * c.padded_vocab_size * c.n_embd
+
+
+RUNS: Dict[str, Run] = {}  # filled below, after the constants _runs() reads
+
+
+# ------------------------------------------------------------------------------------------------ experiments
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    runs: Tuple[str, ...]  # run keys, bases before what grows from them
+    evals: Tuple[Tuple[str, str], ...]  # (run key, or run key + "@snapshot", column label)
+    speedups: Tuple[Tuple[str, str], ...] = ()  # (reference run, compared run): eval/speedup.py --scratch --grown
+    tables: Tuple[Tuple[str, Tuple[str, ...], Optional[str]], ...] = ()  # (file stem, labels, --paper)
+    stages_recipes: Tuple[str, ...] = ()
+    expected: Tuple[str, ...] = ()
+    nodes: int = 4
+    gpus_per_node: int = 8
+    eval_tasks: str = "paper"
+
+
+def _k(family: Family, *names: str) -> Tuple[str, ...]:
+    return tuple(f"{family.name}-{n}" for n in names)
+
+
+def _paper(table: str) -> dict:
+    return json.loads(PAPER_NUMBERS.read_text())[table]["columns"]
+
+
+def _experiments() -> Dict[str, Experiment]:
+    fig3 = _paper("fig3")
+    ops = [("stack", "G_stack"), ("zero-depth", "G_zero_depth"), ("random-depth", "G_random_depth"),
+           ("learn-depth", "G_learn_depth"), ("direct-width", "G_direct_width"), ("zero-width", "G_zero_width"),
+           ("random-width", "G_random_width"), ("learn-width", "G_learn_width")]
+    s11 = "1.1b-scratch"
+    exps = [
+        Experiment(
+            "operators-1.1b", "Fig. 3 / Tab. 3: the eight growth operators vs scratch, 1.1B (24L2048H), 100B-token "
+            "compute (8e20 FLOPs), bases trained on d = 10B, g = 4",
+            _k(F11, "base-6L2048H", "base-24L1024H", "scratch", *[o for o, _ in ops]),
+            tuple((f"1.1b-{o}", label) for o, label in ops) + ((s11, "scratch"),),
+            tuple((s11, f"1.1b-{o}") for o, _ in ops),
+            (("fig3", tuple(label for _, label in ops) + ("scratch",), "fig3"),
+             ("tab3", ("G_stack", "scratch"), "tab3")),
+            expected=tuple(f"{label}: avg acc {fig3[label]['avg']:.2f}, wikitext ppl {fig3[label]['wikitext_ppl']}, "
+                           f"train loss {fig3[label]['train_loss']}, speedup {fig3[label]['speedup_pct']:+.1f}%"
+                           for label in [lb for _, lb in ops] + ["scratch"])),
+        Experiment(
+            "scaling-410m", "§4.1 Fig. 6: G_stack vs scratch at 410M (24L1024H), 750B tokens, d = 10B, g = 4",
+            _k(F410, "base-6L", "scratch", "stack"), (("410m-stack", "G_stack"), ("410m-scratch", "scratch")),
+            (("410m-scratch", "410m-stack"),), (("410m", ("G_stack", "scratch"), None),),
+            expected=("speedup 53.1% at the scratch loss of 400B tokens, 31.0% at 700B (Fig. 6a); the paper's 410M "
+                      "architecture is inferred (reference §11.1)",)),
+        Experiment(
+            "scaling-3b", "§4.1 Fig. 4: G_stack vs scratch at 3B (tiny_LLaMA_3B), 300B tokens, d = 10B, g = 4",
+            _k(F3, "base-8L", "scratch", "stack"), (("3b-stack", "G_stack"), ("3b-scratch", "scratch")),
+            (("3b-scratch", "3b-stack"),), (("3b", ("G_stack", "scratch"), None),),
+            expected=("speedup 48.6% at the scratch loss of 180B tokens, 54.5% at 240B; avg accuracy +2.1 over "
+                      "scratch at 240B (Fig. 4, Fig. 18)",)),
+        Experiment(
+            "scaling-7b", "§4.1 Fig. 5 / Tab. 6: G_stack vs scratch at 7B (tiny_LLaMA_7B), 300B tokens, d = 10B, "
+            "g = 4; Tab. 6 from the G_stack run's weights at 130B tokens",
+            _k(F7, "base-8L", "scratch", "stack"),
+            (("7b-stack", "G_stack"), ("7b-scratch", "scratch"), ("7b-stack@130B", "G_stack-7B")),
+            (("7b-scratch", "7b-stack"),), (("7b", ("G_stack", "scratch"), None), ("tab6", ("G_stack-7B",), "tab6")),
+            expected=("speedup 40.8% at the scratch loss of 160B tokens, 55.3% at 220B, 53.8% at 280B; G_stack "
+                      "reaches scratch's 300B loss with 194B tokens: 54.6% (Abstract, Fig. 1, Fig. 5)",
+                      "Tab. 6 at 130B: G_stack-7B avg 57.79 over ten tasks, wikitext ppl 12.56 (Pythia-6.9B 56.56 / "
+                      "13.33); the paper's Tab. 6 model may be the MHA partial-stack 7B (reference §5.1, §9)"),
+            eval_tasks="paper,boolq,hellaswag,openbookqa"),
+        Experiment(
+            "timing", "§4.2 Fig. 8, §7 Eq. 2: growth timing d in {0, 1, 5, 10, 20, 50}B for the 1.1B target at "
+            "100B-token compute (IsoFLOP: d/4 + D = 100B), g = 4",
+            _k(F11, *[f"base-6L2048H{'' if d == 10 * B else '-d0' if d == 0 else f'-d{d // B}B'}" for d in TIMING_D],
+               "scratch", *[f"stack{'' if d == 10 * B else '-d0' if d == 0 else f'-d{d // B}B'}" for d in TIMING_D]),
+            tuple((f"1.1b-stack{'' if d == 10 * B else '-d0' if d == 0 else f'-d{d // B}B'}",
+                   f"d={d // B}B") for d in TIMING_D) + ((s11, "scratch"),),
+            tuple((s11, f"1.1b-stack{'' if d == 10 * B else '-d0' if d == 0 else f'-d{d // B}B'}") for d in TIMING_D),
+            (("timing", tuple(f"d={d // B}B" for d in TIMING_D) + ("scratch",), None),),
+            expected=("d = 0 (stacking an untrained base) performs like scratch; d = 1B already gives a large speedup; "
+                      "the loss has a valley in d (§4.5, Fig. 8)",
+                      f"Eq. 2 (log10 d = 0.88 log10 N + 163.27/log10 C - 5.74, C = 6 N D) for N = 1.1B, D = 100B: "
+                      f"d = {eq2(1.1 * B, 100 * B) / B:.1f}B (`python -m growth plan --params 1.1B --tokens 100B`)")),
+        Experiment(
+            "factor", "§4.2 Fig. 10, App. G.2 Figs. 29-30: growth factor g in {2, 4, 8, 24} (bases 12L, 6L, 3L, 1L "
+            "on d = 10B) for the 1.1B target at 100B-token compute",
+            _k(F11, "base-12L2048H", "base-6L2048H", "base-3L2048H", "base-1L2048H", "scratch", "stack-g2", "stack",
+               "stack-g8", "stack-g24"),
+            (("1.1b-stack-g2", "g=2"), ("1.1b-stack", "g=4"), ("1.1b-stack-g8", "g=8"), ("1.1b-stack-g24", "g=24"),
+             (s11, "scratch")),
+            tuple((s11, f"1.1b-{n}") for n in ("stack-g2", "stack", "stack-g8", "stack-g24")),
+            (("factor", ("g=2", "g=4", "g=8", "g=24", "scratch"), None),),
+            expected=("the optimum g lies between 2 and 4 (the paper recommends g = 4); a 1-layer base (g = 24) "
+                      "underperforms scratch",)),
+        Experiment(
+            "factor-3b", "App. G.2 Figs. 31-32: growth factor g in {4, 8, 16, 32} (bases 8L, 4L, 2L, 1L on d = 10B) "
+            "for the 3B target at 300B-token compute (the sweep's budget is not stated: that of scaling-3b)",
+            _k(F3, "base-8L", "base-4L", "base-2L", "base-1L", "scratch", "stack", "stack-g8", "stack-g16",
+               "stack-g32"),
+            (("3b-stack", "g=4"), ("3b-stack-g8", "g=8"), ("3b-stack-g16", "g=16"), ("3b-stack-g32", "g=32"),
+             ("3b-scratch", "scratch")),
+            tuple(("3b-scratch", f"3b-{n}") for n in ("stack", "stack-g8", "stack-g16", "stack-g32")),
+            (("factor-3b", ("g=4", "g=8", "g=16", "g=32", "scratch"), None),),
+            expected=("even a 2-layer base (g = 16) beats the 3B baseline; a 1-layer base (g = 32) underperforms it",)),
+        Experiment(
+            "partial-stacking", "App. H.3 Fig. 37, Tab. 5: the eight partial-stacking maps, 6L -> 24L, d = 10B, 1.1B "
+            "at 100B-token compute",
+            _k(F11, "base-6L2048H", "scratch", "stack", *["partial-" + s.replace("*", "x") for s in PARTIAL[1:]]),
+            tuple((_partial_key(s), s) for s in PARTIAL) + ((s11, "scratch"),),
+            tuple((s11, _partial_key(s)) for s in PARTIAL),
+            (("partial-stacking", tuple(PARTIAL) + ("scratch",), None),),
+            expected=tuple(f"{s}: R_c {PARTIAL_RC[s]:.1f}% (ours {rc(s):.1f}%), group {PARTIAL_GROUP[s]}"
+                           for s in PARTIAL) + ("by stacked part: all > middle ~ back >> front; for the same part, "
+                                                "higher R_c is better",)),
+        Experiment(
+            "interpolation", "App. H.2 Fig. 35: cyclic stacking vs interpolation (--layers interleave), 8L -> 24L "
+            "(tiny_LLaMA_400M_like1.1B -> tiny_LLaMA_1.1B), d = 10B, D = 40B",
+            _k(F8, "base-8L", "stack-8L", "interleave-8L"),
+            (("1.1b-stack-8L", "cyclic"), ("1.1b-interleave-8L", "interleave")),
+            (("1.1b-stack-8L", "1.1b-interleave-8L"),), (("interpolation", ("cyclic", "interleave"), None),),
+            expected=(f"R_c: cyclic 91.3% (ours {rc('cyclic', 8, 24):.1f}%), interleave 30.4% (ours "
+                      f"{rc('interleave', 8, 24):.1f}%); interpolation matches cyclic early and falls behind later; "
+                      "the speedup printed is interleave's over cyclic (negative: slower)",)),
+        Experiment(
+            "noise", "§5.2, App. I.2: noise W <- (1 - a) W + a eps at growth: G_stack 8L -> 24L with a in {0, 0.2, "
+            "0.5} and G→direct with a in {0, 0.2}, compared after D = 40B tokens",
+            _k(F8, "base-8L", "stack-8L", "stack-8L-noise0.2", "stack-8L-noise0.5")
+            + _k(F11, "base-24L1024H", "direct-width-40B", "direct-width-40B-noise0.2"),
+            (("1.1b-stack-8L", "stack a=0"), ("1.1b-stack-8L-noise0.2", "stack a=0.2"),
+             ("1.1b-stack-8L-noise0.5", "stack a=0.5"), ("1.1b-direct-width-40B", "direct-width a=0"),
+             ("1.1b-direct-width-40B-noise0.2", "direct-width a=0.2")),
+            (("1.1b-stack-8L", "1.1b-stack-8L-noise0.2"), ("1.1b-stack-8L", "1.1b-stack-8L-noise0.5"),
+             ("1.1b-direct-width-40B", "1.1b-direct-width-40B-noise0.2")),
+            (("noise", ("stack a=0", "stack a=0.2", "stack a=0.5", "direct-width a=0", "direct-width a=0.2"), None),),
+            expected=("G→direct with a = 0.2 beats a = 0 after 40B tokens: wikitext ppl better by 0.27, avg accuracy "
+                      "+0.41; G_stack with a = 0.2 is slightly better than without; noise above 20% is worse "
+                      "(speedups printed are of the noisy run over its a = 0 control)",)),
+        Experiment(
+            "gradual", "§5.1, App. H.1 Fig. 33: gradual stacking 6L -> 12L -> 24L (python -m growth stages) vs "
+            "one-hop G_stack and scratch, 1.1B at 100B-token compute",
+            _k(F11, "base-6L2048H", "scratch", "stack"),
+            (("1.1b-gradual/24L", "G_gradual"), ("1.1b-stack", "G_stack"), (s11, "scratch")),
+            ((s11, "1.1b-gradual/24L"), (s11, "1.1b-stack")),
+            (("gradual", ("G_gradual", "G_stack", "scratch"), None),), stages_recipes=("gradual_stack",),
+            expected=("one-hop G_stack beats gradual stacking by +2.4 avg accuracy and 0.6 wikitext ppl at 100B",)),
+        Experiment(
+            "small-gpu", "The cheapest real check, one GPU in hours: G_stack 6L512H (52M, d = 0.5B) -> 24L512H (110M) "
+            "vs scratch at 5B-token compute, exact FLOPs matched",
+            _k(FSMALL, "base-6L512H", "scratch", "stack"), (("small-stack", "G_stack"), ("small-scratch", "scratch")),
+            (("small-scratch", "small-stack"),), (("small", ("G_stack", "scratch"), None),),
+            expected=("no number in the paper at this size; the claim to check: G_stack reaches scratch's final "
+                      "validation loss with fewer FLOPs (speedup > 0; the paper reports 31-55% from 410M to 7B)",),
+            nodes=1, gpus_per_node=1),
+    ]
+    return {e.name: e for e in exps}
+
+
+def _partial_key(spec: str) -> str:
+    return "1.1b-stack" if spec == PARTIAL[0] else "1.1b-partial-" + spec.replace("*", "x")
+
+
+def rc(spec: str, base: int = 6, target: int = 24) -> float:
+    return 100 * connection_rate(resolve(spec, base, target))
+
+
+def eq2(N: float, D: float) -> float:
+    from growth.plan import growth_timing
+
+    return growth_timing(N, 6 * N * D)
+
+
+RUNS.update(_runs())
+EXPERIMENTS: Dict[str, Experiment] = _experiments()
+
+
+# ------------------------------------------------------------------------------------------------ budgets
+
+
+@dataclass
+class Budget:
+    run: Run
+    flops: float  # this run's own training (and operator fit) FLOPs
+    total: float  # with its base's (recursively): C = C_base + C_grown
+    paper_tokens: float  # scratch-equivalent tokens, the paper's d/g accounting
+    exact_tokens: float  # total / flops_per_token(target)
+
+
+def budget(run: Run) -> Budget:
+    own = run.trained_tokens * fpt(run.model)
+    if not run.grow:
+        return Budget(run, own, own, run.trained_tokens, run.trained_tokens)
+    base = budget(RUNS[run.grow.base])
+    if run.grow.op.startswith("learn"):
+        own += fpt(run.model) * run.grow.learn_steps * 4 * SEQ  # the fit: micro_batch_size 4 sequences per step
+    total = base.total + own
+    return Budget(run, own, total, base.paper_tokens / run.grow.g + run.trained_tokens, total / fpt(run.model))
