@@ -64,7 +64,8 @@ _DEPTH_TYPES = {"norm_1": ("norm_1",), "attn.attn": ("q", "k", "v"), "attn.proj"
 
 
 class _Hypernet(nn.Module):
-    """Frozen source tensors as non-persistent fp32 buffers; subclasses add the learnable matrices."""
+    """Frozen source tensors as non-persistent fp32 buffers; subclasses add the learnable matrices and
+    `materialize()`, the differentiable target state that `export` and `fit` use."""
 
     def __init__(self, src: Config, state: State, tgt: Config) -> None:
         super().__init__()
@@ -77,9 +78,6 @@ class _Hypernet(nn.Module):
 
     def _kept(self, key: str) -> torch.Tensor:
         return getattr(self, key.replace(".", "__"))
-
-    def materialize(self) -> State:
-        raise NotImplementedError
 
     @torch.no_grad()
     def export(self) -> State:
