@@ -150,10 +150,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if step.done or args.dry_run:
                 continue
             code = subprocess.run(step.command, cwd=ROOT).returncode
+            if code == 0 and not step.done:  # saved and requeued by slurm: the requeued job resumes it
+                print(f"stage {step.stage!r} stopped before its end and its job was requeued; the next run of this "
+                      "recipe resumes it", flush=True)
+                return
             if code != 0:
-                print(f"error: {step.kind} of stage {step.stage!r} failed (exit {code}); fix it and rerun: "
-                      "finished stages are skipped", file=sys.stderr)
+                what = "was stopped (it saved a checkpoint)" if code > 128 else "failed"
+                print(f"error: {step.kind} of stage {step.stage!r} {what} (exit {code}); rerun the recipe: finished "
+                      "stages are skipped, an interrupted one resumes", file=sys.stderr)
                 failed.append(code)
                 return
 
-    return exit_code(run) or (1 if failed else 0)
+    return exit_code(run) or (failed[0] if failed else 0)

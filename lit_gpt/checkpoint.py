@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 
 from lit_gpt.config import Config
+from lit_gpt.distributed import on_rank_zero
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError
 
@@ -72,25 +73,30 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def save(fabric, out_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          meta: Dict[str, Any], config: Config) -> Path:
-    """Collective: every rank calls it. Returns the final directory."""
+    """Collective: every rank calls it. Returns the final directory. Rank 0's own writes (the temporary directory,
+    meta.json, the rename) report their outcome to every rank, so a failure there raises on all ranks (rank 0
+    its error, the others `RankFailure`) instead of leaving them at a barrier."""
     final = step_dir(out_dir, step)
     tmp = out_dir / f".tmp-{final.name}"
-    if fabric.global_rank == 0:
+
+    def start() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    fabric.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _single_process_quiet():
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=fabric.world_size == 1)
-    torch.save(rng_state(), tmp / f"rng-rank{fabric.global_rank}.pt")
-    fabric.barrier()
-    if fabric.global_rank == 0:
+
+    def finish() -> None:
         config.to_json(tmp / "lit_config.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if final.exists():  # the same step saved again (a re-run after resume): replace it whole
             shutil.rmtree(final)
         tmp.rename(final)
+
+    on_rank_zero(fabric, start)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _single_process_quiet():
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=fabric.world_size == 1)
+    torch.save(rng_state(), tmp / f"rng-rank{fabric.global_rank}.pt")
     fabric.barrier()
+    on_rank_zero(fabric, finish)
     return final
 
 
@@ -129,11 +135,13 @@ def export_weights(fabric, model: torch.nn.Module, config: Config, out_dir: Path
     from lit_gpt.model import growth_mask_factors
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if fabric.global_rank == 0:
+
+    def write() -> None:
         for key, factor in growth_mask_factors(model).items():
             state[key] = (state[key].float() * factor).to(state[key].dtype)
         write_weights(state, config, out_dir, tokenizer_dir, training)
-    fabric.barrier()
+
+    on_rank_zero(fabric, write)
 
 
 def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,

@@ -39,6 +39,10 @@ class GPT(nn.Module):
         after `to_empty()` when the model was built on the meta device.
         """
         self.apply(lambda m: self._init_weights(m, self.config.n_layer))
+        self.reset_rope_cache()
+
+    def reset_rope_cache(self) -> None:
+        """Recomputes the RoPE cos/sin buffers on the device of the weights (after `to_empty()`, they hold garbage)."""
         cos, sin = build_rope_cache(self.config.block_size, self.config.rope_n_elem, self.config.rope_base,
                                     self.config.condense_ratio, device=self.lm_head.weight.device)
         self.rope_cos, self.rope_sin = cos, sin

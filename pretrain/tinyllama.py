@@ -4,11 +4,15 @@
     python pretrain/tinyllama.py --model_name tiny_LLaMA_1b --devices 8 --num_nodes 4 --resume auto ...
 
 Single device, DDP or FSDP2 (lightning's ModelParallelStrategy, `fully_shard` per Block), on GPUs or on
-CPU processes with gloo. Checkpoints in out_dir/step-NNNNNNNN/ hold everything a resume needs; SIGTERM and
-SIGUSR1 save one and exit cleanly (slurm requeue).
+CPU processes with gloo. The model is built on the meta device and each rank initialises only its shards.
+Checkpoints in out_dir/step-NNNNNNNN/ hold everything a resume needs. SIGTERM, SIGUSR1 and Ctrl-C save one at
+the next step boundary and stop; SIGUSR1 under slurm also requeues the job.
+
+Exit codes: 0 finished (final/ written) or requeued by slurm; 1 error (one `error:` line); 2 bad flags;
+124 a rank waited longer than --collective_timeout; 128 + N stopped by signal N after saving (130 Ctrl-C,
+138 SIGUSR1 without requeue, 143 SIGTERM).
 """
 
-import json
 import math
 import os
 import random
@@ -25,20 +29,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt import GPT, Config, FusedCrossEntropyLoss  # noqa: E402
+from lit_gpt import Config, FusedCrossEntropyLoss  # noqa: E402
 from lit_gpt import checkpoint as ckpt  # noqa: E402
 from lit_gpt.convert import expected_shapes  # noqa: E402
+from lit_gpt.distributed import (Agreement, RankFailure, Stopped, Watchdog, check_slurm_layout,  # noqa: E402
+                                 externally_launched, launch_local, launch_rank, on_rank_zero)
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
 from lit_gpt.kernels import describe  # noqa: E402
+from lit_gpt.materialize import open_weights  # noqa: E402
 from lit_gpt.model import set_width_ramps  # noqa: E402
 from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, flops_per_token, format_duration  # noqa: E402,E501
-from lit_gpt.utils import check_state_dict, exit_code, load_state_dict  # noqa: E402
-from pretrain.train_args import TrainArgs  # noqa: E402
-
-
-class UsageError(ValueError):
-    """Bad input found before any work: reported as one line."""
+from lit_gpt.utils import check_state_dict  # noqa: E402
+from pretrain.parallel import growth_record, initial_weights_path, make_fabric, setup_model  # noqa: E402
+from pretrain.train_args import TrainArgs, UsageError  # noqa: E402
 
 
 def get_lr(step: int, args: TrainArgs, max_steps: int) -> float:
@@ -91,6 +95,19 @@ def validate(args: TrainArgs) -> Config:
             raise UsageError(f"the tokenizer in {tok} has {vocab} tokens but model {config.name} has only "
                              f"{config.padded_vocab_size} embedding rows; pick a model with a larger vocab_size")
     world = args.devices * args.num_nodes
+    if args.devices < 1 or args.num_nodes < 1:
+        raise UsageError("--devices and --num_nodes must be at least 1")
+    try:
+        check_slurm_layout(args.devices, args.num_nodes)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.num_nodes > 1 and not externally_launched():
+        raise UsageError(f"--num_nodes {args.num_nodes} needs a launcher that starts the processes of every node: "
+                         "srun (scripts/slurm/pretrain.sbatch) or torchrun --nnodes")
+    if args.strategy == "single" and world > 1:
+        raise UsageError("--strategy single runs one process; use ddp or fsdp (or auto) for several")
+    if not args.collective_timeout > 0:
+        raise UsageError(f"--collective_timeout must be a positive number of minutes, got {args.collective_timeout}")
     if args.global_batch_size % (args.micro_batch_size * world):
         raise UsageError(f"--global_batch_size {args.global_batch_size} is not a multiple of micro_batch_size x "
                          f"processes = {args.micro_batch_size} x {world}")
@@ -103,10 +120,10 @@ def validate(args: TrainArgs) -> Config:
     if args.block_size and args.block_size > config.block_size:
         raise UsageError(f"--block_size {args.block_size} exceeds the model's block_size {config.block_size}")
     if args.initial_checkpoint:
-        check_state_dict(load_state_dict(initial_weights_path(args)), expected_shapes(config),
+        check_state_dict(open_weights(initial_weights_path(args)), expected_shapes(config),
                          f"--initial_checkpoint {args.initial_checkpoint}")
-    if args.optimizer_state == "carry" and not (args.initial_checkpoint and
-                                                (initial_weights_path(args).parent / "optimizer_moments.pth").is_file()):
+    moments = args.initial_checkpoint and initial_weights_path(args).parent / "optimizer_moments.pth"
+    if args.optimizer_state == "carry" and not (moments and moments.is_file()):
         raise UsageError("--optimizer_state carry needs --initial_checkpoint DIR holding optimizer_moments.pth: "
                          "grow it with `python -m growth grow --carry_optimizer` from a training checkpoint")
     if args.resume and args.resume != "auto":
@@ -114,67 +131,9 @@ def validate(args: TrainArgs) -> Config:
         if not (path / "meta.json").is_file():
             raise UsageError(f"--resume {path}: not a complete training checkpoint (no meta.json)")
         ckpt.check_config(path, config)
+    elif args.resume == "auto" and (latest := ckpt.find_latest(Path(args.out_dir))) is not None:
+        ckpt.check_config(latest, config)
     return config
-
-
-def initial_weights_path(args: TrainArgs) -> Path:
-    path = Path(args.initial_checkpoint)
-    if path.is_dir():
-        for name in ("lit_model.pth", "lit_model.safetensors"):
-            if (path / name).is_file():
-                return path / name
-        raise UsageError(f"--initial_checkpoint {path}: no lit_model.pth or lit_model.safetensors in it")
-    return path
-
-
-def growth_record(args: TrainArgs) -> dict:
-    """growth.json beside --initial_checkpoint: the base model's tokens and FLOPs (the paper counts
-    C = C_base + C_grown, §5.4), or {} when starting from weights that were not grown."""
-    if not args.initial_checkpoint:
-        return {}
-    growth = initial_weights_path(args).parent / "growth.json"
-    return json.loads(growth.read_text()) if growth.is_file() else {}
-
-
-def fsdp2(model: torch.nn.Module, device_mesh, activation_checkpointing: bool, compile: bool):
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = device_mesh["data_parallel"]
-    for i, block in enumerate(model.transformer.h):
-        model.transformer.h[i] = fully_shard(_wrap_block(block, activation_checkpointing, compile), mesh=mesh)
-    return fully_shard(model, mesh=mesh)
-
-
-def _wrap_block(block: torch.nn.Module, activation_checkpointing: bool, compile: bool) -> torch.nn.Module:
-    if activation_checkpointing:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-        block = checkpoint_wrapper(block)
-    return torch.compile(block) if compile else block
-
-
-def make_fabric(args: TrainArgs):
-    import lightning as L
-    from lightning.fabric.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
-
-    cuda = torch.cuda.is_available()
-    world = args.devices * args.num_nodes
-    name = args.strategy if args.strategy != "auto" else ("fsdp" if world > 1 else "single")
-    backend = "nccl" if cuda else "gloo"
-    if name == "single":
-        if world > 1:
-            raise UsageError("--strategy single runs one process; use ddp or fsdp for several")
-        strategy = SingleDeviceStrategy(device=torch.device("cuda:0" if cuda else "cpu"))
-    elif name == "ddp":
-        strategy = DDPStrategy(process_group_backend=backend)
-    else:
-        strategy = ModelParallelStrategy(
-            parallelize_fn=partial(fsdp2, activation_checkpointing=args.activation_checkpointing, compile=args.compile),
-            data_parallel_size=world, tensor_parallel_size=1, process_group_backend=backend)
-    args.precision = args.precision or ("bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true")
-    fabric = L.Fabric(accelerator="cuda" if cuda else "cpu", devices=args.devices, num_nodes=args.num_nodes,
-                      strategy=strategy, precision=args.precision)
-    return fabric, name
 
 
 def create_train_loader(args: TrainArgs, block: int, accumulation: int, fabric) -> GlobalBatchLoader:
@@ -191,86 +150,70 @@ def create_train_loader(args: TrainArgs, block: int, accumulation: int, fabric) 
 
 @torch.no_grad()
 def validate_loss(fabric, model, args: TrainArgs, block: int, loss_fn) -> float:
-    """Mean loss over the first eval_iters x micro_batch_size validation blocks, shared out over ranks."""
+    """Mean loss over the first eval_iters x micro_batch_size validation blocks, the same for any world size.
+
+    Micro-batch i goes to rank i % world. Every rank runs ceil(eval_iters / world) forward passes, because a
+    forward under FSDP (and DDP, which broadcasts buffers) is a collective: a rank with fewer batches would
+    leave the others waiting forever. The last round is padded with a repeated batch of weight 0."""
     files = data_files(Path(args.val_data_dir or args.train_data_dir), args.val_prefix)
     stream = iter(PackedDataset(files, n_chunks=args.n_chunks, block_size=block + 1, shuffle=False))
+    world, rank = fabric.world_size, fabric.global_rank
+    rounds = -(-args.eval_iters // world)
     model.eval()
     total = torch.zeros(2, device=fabric.device, dtype=torch.float64)
-    for i in range(args.eval_iters):
-        batch = torch.stack([next(stream) for _ in range(args.micro_batch_size)])
-        if i % fabric.world_size != fabric.global_rank:
+    batch = None
+    for i in range(rounds * world):
+        if i < args.eval_iters:
+            batch = torch.stack([next(stream) for _ in range(args.micro_batch_size)])
+        if i % world != rank:
             continue
-        batch = batch.to(fabric.device)
-        loss = loss_fn(model(batch[:, :-1]), batch[:, 1:])
-        total += torch.stack([loss.double() * batch.shape[0], torch.tensor(batch.shape[0], device=fabric.device)])
+        weight = 1.0 if i < args.eval_iters else 0.0
+        x = batch.to(fabric.device)
+        loss = loss_fn(model(x[:, :-1]), x[:, 1:]).double()
+        total += weight * torch.stack([loss * x.shape[0], torch.tensor(float(x.shape[0]), device=fabric.device,
+                                                                       dtype=torch.float64)])
     model.train()
     total = fabric.all_reduce(total, reduce_op="sum")
     return (total[0] / total[1]).item()
 
 
-class StopSignal:
-    """SIGTERM/SIGUSR1 set a flag; the loop agrees on it across ranks at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.received: Optional[int] = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-
-    def agreed(self, fabric) -> bool:
-        flag = torch.tensor(1.0 if self.received else 0.0, device=fabric.device)
-        return fabric.all_reduce(flag, reduce_op="max").item() > 0
-
-
 def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
+    """Collective: every rank runs it. Raises Stopped after a stop signal's checkpoint (see `run` for exit codes)."""
     out_dir = Path(args.out_dir)
-    stop = StopSignal()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agreement = Agreement()
+    rank, world = fabric.global_rank, fabric.world_size
+    watchdog = Watchdog(rank, world, args.collective_timeout * 60)
+    log = partial(print, flush=True) if rank == 0 else (lambda *a, **k: None)  # once per job, not per node
+    watchdog.phase("start-up (building, sharding and initialising the model)")
     block = args.block_size or config.block_size
-    world = fabric.world_size
     accumulation = args.global_batch_size // (args.micro_batch_size * world)
     tokens_per_step = args.global_batch_size * block
     # 0 steps is allowed: it exports the initial weights (the paper's d = 0 base, a random model)
     max_steps = args.max_steps if args.max_steps is not None else max(
         1 if args.max_tokens else 0, args.max_tokens // tokens_per_step)
-    fabric.seed_everything(args.seed)
-
-    model = GPT(config)  # full init on every rank with one seed: identical to a single-process run
+    fabric.seed_everything(args.seed, verbose=False)
     growth = growth_record(args)
-    if args.initial_checkpoint:
-        model.load_state_dict(load_state_dict(initial_weights_path(args)))
-    masked = growth.get("masked_layers") or []
-    if masked:
-        model.set_growth_mask(masked, 0.0)
-    width_masks = growth.get("width_masks")
-    if width_masks:
-        model.set_width_masks(torch.load(initial_weights_path(args).parent / width_masks, weights_only=True))
-    if strategy_name != "fsdp":
-        model.transformer.h = torch.nn.ModuleList(
-            _wrap_block(b, args.activation_checkpointing, args.compile) for b in model.transformer.h)
-    model = fabric.setup(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
-                                  betas=(args.beta1, args.beta2), fused=fabric.device.type == "cuda")
-    optimizer = fabric.setup_optimizers(optimizer)
+    masked, width = growth.get("masked_layers") or [], growth.get("width_masks")
+    model, optimizer = setup_model(fabric, args, config, strategy_name)
     loader = create_train_loader(args, block, accumulation, fabric)
     loss_fn = FusedCrossEntropyLoss()
 
     step, tokens, flops, resume_step, skipped = 0, 0, 0.0, None, 0
     resume_path = ckpt.find_latest(out_dir) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if resume_path is not None:
-        ckpt.check_config(resume_path, config)
+        watchdog.phase(f"loading {resume_path}")
         meta = ckpt.load(fabric, resume_path, model.module, optimizer.optimizer)
         step, tokens, flops = meta["step"], meta["tokens"], meta["flops"]
         skipped = meta.get("skipped_tokens", 0)
         loader.load_state_dict(meta["data"])
         resume_step = step
-        fabric.print(f"resumed from {resume_path} at step {step} ({tokens:,} tokens)")
+        log(f"resumed from {resume_path} at step {step} ({tokens:,} tokens)")
     else:
         if args.optimizer_state == "carry":
             moments = torch.load(initial_weights_path(args).parent / "optimizer_moments.pth", weights_only=True)
             ckpt.carry_optimizer_state(model.module, optimizer.optimizer, moments)
-            fabric.print(f"carried the base model's AdamW moments (step {moments['step']:.0f})")
+            log(f"carried the base model's AdamW moments (step {moments['step']:.0f})")
         flops = float(growth.get("base_flops") or 0.0)
         # a grown model continues the stream where its base stopped (paper: fresh data after growth); after
         # several stages the base's stream position includes what its own base read
@@ -279,38 +222,45 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         if skip:
             loader.skip_blocks(skip // block)
             skipped = skip // block * block
-            fabric.print(f"skipped the first {skip:,} tokens of the training stream")
+            log(f"skipped the first {skip:,} tokens of the training stream")
 
     flops_per_step = flops_per_token(config, block) * tokens_per_step
     monitor = Throughput(tokens_per_step, flops_per_step, device_peak_flops(fabric.device), world)
-    logger = MetricsLogger(out_dir, args.logger, resume_step, out_dir.name) if fabric.global_rank == 0 else None
-    fabric.print(f"{config.name} | {strategy_name} x{world} | {args.precision} | global batch "
-                 f"{args.global_batch_size} x {block} tokens, accumulation {accumulation} | {max_steps} steps")
-    fabric.print(f"kernels: {describe(fabric.device, torch.bfloat16 if 'bf16' in args.precision else torch.float32)}")
+    loggers = []  # rank 0's; on_rank_zero makes a failure to create it an error on every rank
+    on_rank_zero(fabric, lambda: loggers.append(MetricsLogger(out_dir, args.logger, resume_step, out_dir.name)))
+    logger = loggers[0] if loggers else None
+    log(f"{config.name} | {strategy_name} x{world} | {args.precision} | global batch "
+        f"{args.global_batch_size} x {block} tokens, accumulation {accumulation} | {max_steps} steps")
+    log(f"kernels: {describe(fabric.device, torch.bfloat16 if 'bf16' in args.precision else torch.float32)}")
 
     def save() -> None:
+        watchdog.phase(f"saving step-{step:08d}")
         meta = {"step": step, "tokens": tokens, "flops": flops, "skipped_tokens": skipped, "data": loader.state_dict(),
                 "world_size": world, "hparams": asdict(args)}
         path = ckpt.save(fabric, out_dir, step, model.module, optimizer.optimizer, meta, config)
-        fabric.print(f"saved {path}")
-        if args.keep_last and fabric.global_rank == 0:
-            for old in ckpt.prune(out_dir, args.keep_last, step):
-                fabric.print(f"deleted {old} (--keep_last {args.keep_last})")
+        log(f"saved {path}")
+        if args.keep_last and rank == 0:
+            agreement.attempt(prune)
+
+    def prune() -> None:
+        for old in ckpt.prune(out_dir, args.keep_last, step):
+            log(f"deleted {old} (--keep_last {args.keep_last})")
 
     start = time.perf_counter()
     monitor.tick()
     last_saved = step
     while step < max_steps:
-        if stop.agreed(fabric):
-            fabric.print(f"signal received: saving step {step} and exiting")
+        watchdog.phase(f"step {step + 1}")
+        signum = agreement.check(fabric)
+        if signum:
+            log(f"{signal.Signals(signum).name} received: saving step {step} and stopping")
             if step != last_saved:
                 save()
-            requeue(fabric, stop.received)
-            return
+            raise Stopped(signum, requeue(fabric, signum))
         lr = get_lr(step, args, max_steps)
         if masked:
             set_masks(model, min(1.0, step / max(1, args.mask_ramp_steps)))
-        if width_masks:
+        if width:
             set_width_ramps(model, step, args.mask_ramp_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -334,27 +284,29 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
                "tokens_per_sec": monitor.tokens_per_sec(), "mfu": monitor.mfu(),
                "elapsed_sec": time.perf_counter() - start}
         if args.eval_interval and (step % args.eval_interval == 0 or step == max_steps):
+            watchdog.phase(f"validation after step {step}")
             val = validate_loss(fabric, model, args, block, loss_fn)
             row.update(val_loss=val, val_ppl=math.exp(min(val, 50)))
-            fabric.print(f"step {step}: val loss {val:.4f}, val ppl {row['val_ppl']:.2f}")
+            log(f"step {step}: val loss {val:.4f}, val ppl {row['val_ppl']:.2f}")
         if step % args.log_interval == 0 or "val_loss" in row or step == max_steps:
             tps, mfu = row["tokens_per_sec"], row["mfu"]
-            fabric.print(f"step {step}/{max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                         f"{tps or 0:,.0f} tok/s" + (f" | MFU {mfu:.1%}" if mfu else "")
-                         + f" | ETA {format_duration(monitor.eta(max_steps - step))}")
+            log(f"step {step}/{max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | {tps or 0:,.0f} tok/s"
+                + (f" | MFU {mfu:.1%}" if mfu else "") + f" | ETA {format_duration(monitor.eta(max_steps - step))}")
             if logger:
-                logger.log(row)
+                agreement.attempt(partial(logger.log, row))
         if args.save_interval and step % args.save_interval == 0:
             save()
             last_saved = step
     if last_saved != step:
         save()
-    tok = tokenizer_dir(args)
-    ckpt.export_weights(fabric, model.module, config, out_dir / "final", tok,
+    watchdog.phase("writing the final export")
+    ckpt.export_weights(fabric, model.module, config, out_dir / "final", tokenizer_dir(args),
                         {"step": step, "tokens": tokens, "flops": flops, "stream_tokens": skipped + tokens})
-    fabric.print(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}")
     if logger:
-        logger.close()
+        agreement.attempt(logger.close)
+    agreement.check(fabric)  # a failure of rank 0's last metrics row or pruning is not lost
+    watchdog.phase(None)
+    log(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}")
 
 
 def set_masks(model: torch.nn.Module, value: float) -> None:
@@ -364,24 +316,64 @@ def set_masks(model: torch.nn.Module, value: float) -> None:
             buffer.fill_(value)
 
 
-def requeue(fabric, signum: Optional[int]) -> None:
+def requeue(fabric, signum: int) -> bool:
+    """Collective: after SIGUSR1 under slurm (the time limit's warning) rank 0 asks slurm to requeue the job;
+    every rank learns whether it did."""
     job = os.environ.get("SLURM_JOB_ID")
+    done = False
     if fabric.global_rank == 0 and job and signum == signal.SIGUSR1:
-        subprocess.run(["scontrol", "requeue", job], check=False)
+        try:
+            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            done = result.returncode == 0
+            if not done:
+                print(f"warning: scontrol requeue {job} failed: {(result.stderr or result.stdout).strip()}; "
+                      "resubmit the job to continue", file=sys.stderr, flush=True)
+        except FileNotFoundError:
+            print("warning: scontrol is not on PATH, the job was not requeued", file=sys.stderr, flush=True)
+    return bool(fabric.broadcast(done, src=0)) if fabric.world_size > 1 else done
 
 
 def run(argv=None) -> int:
+    """The command line; returns the exit code (module docstring)."""
     from lit_gpt.cli import parse
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(TrainArgs, argv, description=__doc__)
+    rank = launch_rank()
+    started = False  # before the processes start, every rank checks the same input: rank 0 alone reports it
 
-    def launch() -> None:
+    def launch() -> int:
+        nonlocal started
         config = validate(args)
-        fabric, strategy_name = make_fabric(args)
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        if args.devices * args.num_nodes > 1 and not externally_launched():
+            return launch_local(args.devices, [str(Path(__file__).resolve()), *argv])
+        fabric, strategy_name = make_fabric(args)
+        started = True
         fabric.launch(main, args, config, strategy_name)
+        return 0
 
-    return exit_code(launch)
+    def report(message: str) -> None:
+        if rank == 0 or started:
+            print(message if rank == 0 else message.replace("error: ", f"error: rank {rank}: ", 1),
+                  file=sys.stderr, flush=True)
+
+    try:
+        return launch()
+    except Stopped as stop:
+        if rank == 0:
+            report(f"stopped by {stop}: " + ("slurm requeued the job; it resumes from the last checkpoint"
+                                             if stop.requeued else f"the last checkpoint is in {args.out_dir}; "
+                                             f"continue with --resume auto (exit code {stop.code})"))
+        return stop.code
+    except RankFailure:
+        return 1
+    except KeyboardInterrupt:
+        report("error: interrupted twice: stopped without saving")
+        return 130
+    except (ValueError, OSError) as e:  # bad input, CheckpointError, a file that cannot be written
+        report(f"error: {e}")
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 
+class UsageError(ValueError):
+    """Bad input found before any work: reported as one line."""
+
+
 def _h(text: str, **extra) -> dict:
     return {"help": text, **extra}
 
@@ -60,6 +64,10 @@ class TrainArgs:
     mask_ramp_steps: int = field(default=5000, metadata=_h(
         "steps over which the masks of random-* growth ramp from 0 to 1: the new layers of random-depth; for "
         "random-width each of three phases in turn (new FFN units, then new hidden dims, then new heads)"))
+    collective_timeout: float = field(default=30.0, metadata=_h(
+        "minutes a rank may spend in one phase (a step, a validation, a checkpoint save) waiting for the others "
+        "before it exits with code 124 and one line naming itself and the phase, instead of hanging until the "
+        "job's time limit"))
     seed: int = field(default=3407, metadata=_h("seed of initialisation and data order"))
     n_chunks: int = field(default=8, metadata=_h("files per shuffle buffer of the packed data reader"))
     compile: bool = field(default=False, metadata=_h("torch.compile the blocks"))

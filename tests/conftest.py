@@ -37,3 +37,26 @@ def sample_data() -> Path:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_sample_data.py"), "--out", str(out)],
                        check=True, capture_output=True)
     return out
+
+
+def run_group(argv, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """Runs a command in its own session and SIGKILLs the whole group on timeout, then fails the test: a hung
+    rank (and the ranks it started) cannot outlive the test or stall the suite."""
+    import os
+    import signal
+
+    kwargs.setdefault("env", {**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            cwd=kwargs.pop("cwd", ROOT), **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, argv[:3]))} ... hung for {timeout} s and was killed:\n{out[-1500:]}\n{err[-3000:]}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # ranks left behind by a launcher that exited
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)

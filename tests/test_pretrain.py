@@ -15,6 +15,7 @@ import torch
 from conftest import ROOT
 
 from lit_gpt import GPT, Config
+from lit_gpt.materialize import init_parameters
 from lit_gpt.packed_dataset import PackedDatasetBuilder
 
 SCRIPT = ROOT / "pretrain" / "tinyllama.py"
@@ -87,8 +88,9 @@ def test_single_process_run(data_dir, tmp_path):
 def test_zero_tokens_exports_the_initial_weights(data_dir, tmp_path):
     """The paper's growth-timing point d = 0 (stacking an untrained base) is a run of --max_tokens 0."""
     train(data_dir, tmp_path, "--max_tokens", 0, "--eval_interval", 0)
-    torch.manual_seed(3407)
-    init = GPT(Config(**MODEL)).state_dict()
+    model = GPT(Config(**MODEL))
+    init_parameters(model, 3407)  # upstream's init, one seed per parameter: the same for any number of processes
+    init = model.state_dict()
     assert all(torch.equal(final_weights(tmp_path)[k], v) for k, v in init.items())
     training = json.loads((tmp_path / "final" / "training.json").read_text())
     assert (training["step"], training["tokens"], training["flops"]) == (0, 0, 0.0)
@@ -192,22 +194,3 @@ def test_bad_input(data_dir, tmp_path):
     assert_refused(train(data_dir, tmp_path / "o", "--max_steps", 4, "--model_name", other,
                          "--initial_checkpoint", tmp_path / "run" / "final", check=False), "do not match the config")
     assert_refused(train(data_dir, tmp_path / "o", *model, "--global_batch_size", 7, check=False), "multiple")
-
-
-def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
-    steps = ("--max_steps", 1000, "--eval_interval", 0, "--save_interval", 3)
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args_for(data_dir, tmp_path, *steps)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 300
-    while not (tmp_path / "step-00000003" / "meta.json").exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    assert "signal received" in out
-    last = max(metrics(tmp_path))
-    assert (tmp_path / f"step-{last:08d}" / "meta.json").is_file()  # the step it stopped at was saved
-    assert not (tmp_path / "final").exists()

@@ -1,0 +1,139 @@
+"""Many processes in step: validation for any eval_iters and world size, identical initial weights, stop signals,
+a frozen rank, a failing rank 0. Every multi-process run is under a hard timeout (`run_group`)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, run_group
+from test_pretrain import SCRIPT, args_for, data_dir, final_weights, metrics  # noqa: F401 - data_dir is a fixture
+
+EVAL_ITERS = (1, 2, 3, 5)
+LAYOUTS = [(2, "ddp"), (2, "fsdp"), (3, "ddp"), (3, "fsdp"), (4, "ddp"), (4, "fsdp")]
+TIMEOUT = 300
+
+
+def many(data_dir, root, devices, strategy):  # noqa: F811
+    """tests/train_many.py: the initial weights, then one 2-step run per eval_iters, in one process group."""
+    flags = args_for(data_dir, root, "--global_batch_size", 12, "--micro_batch_size", 1, "--max_steps", 2,
+                     "--eval_interval", 1, "--save_interval", 0, "--devices", devices, "--strategy", strategy)
+    result = run_group([sys.executable, str(ROOT / "tests" / "train_many.py"), str(root),
+                        ",".join(map(str, EVAL_ITERS)), *flags], TIMEOUT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_process(data_dir, tmp_path_factory):  # noqa: F811
+    return many(data_dir, tmp_path_factory.mktemp("one"), 1, "single")
+
+
+def losses(root, k, column):
+    rows = metrics(root / f"e{k}")
+    return [float(rows[s][column]) for s in (1, 2)]
+
+
+@pytest.mark.parametrize("devices,strategy", LAYOUTS)
+def test_any_world_size_and_eval_iters_match_one_process(data_dir, one_process, tmp_path, devices, strategy):  # noqa: F811
+    """Validation gives rank i % world micro-batch i and pads the last round, so no rank waits in a forward that
+    the others never run (eval_iters 3 on 2 processes hung forever before), and the loss is the single
+    process's. Training losses, the initial weights and weights loaded from a checkpoint do not depend on the
+    number of processes either."""
+    root = many(data_dir, tmp_path, devices, strategy)
+    for k in EVAL_ITERS:
+        assert losses(root, k, "val_loss") == pytest.approx(losses(one_process, k, "val_loss"), abs=1e-5), k
+        assert losses(root, k, "train_loss") == pytest.approx(losses(one_process, k, "train_loss"), abs=1e-5), k
+    reference = final_weights(one_process / "init")
+    for run in ("init", "reload"):  # drawn per rank's shard; read back from a checkpoint, each rank its rows
+        weights = final_weights(root / run)
+        assert weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_two_fsdp_processes_with_three_eval_iters_from_the_command_line(data_dir, one_process, tmp_path):  # noqa: F811
+    flags = args_for(data_dir, tmp_path, "--global_batch_size", 12, "--micro_batch_size", 1, "--max_steps", 2,
+                     "--eval_interval", 1, "--save_interval", 0, "--devices", 2, "--strategy", "fsdp",
+                     "--eval_iters", 3)
+    result = run_group([sys.executable, str(SCRIPT), *flags], TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    val = [float(metrics(tmp_path)[s]["val_loss"]) for s in (1, 2)]
+    assert val == pytest.approx(losses(one_process, 3, "val_loss"), abs=1e-5)
+    assert result.stdout.count("step 1: val loss") == 1  # progress from rank 0 only
+
+
+def start(data_dir, out, *extra):  # noqa: F811
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args_for(data_dir, out, "--max_steps", 100000,
+                                                                   "--eval_interval", 0, *extra)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+
+
+def wait_for(proc, path, timeout=180):
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"{path} never appeared:\n{err[-3000:]}")
+        time.sleep(0.05)
+
+
+def finish(proc, timeout=120):
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("sig,code,group,devices", [(signal.SIGTERM, 143, False, 2), (signal.SIGINT, 130, True, 2),
+                                                    (signal.SIGUSR1, 138, False, 1)])
+def test_a_stop_saves_and_is_not_a_success(data_dir, tmp_path, sig, code, group, devices):  # noqa: F811
+    """SIGTERM to the launcher, Ctrl-C (SIGINT to the terminal's whole process group), SIGUSR1 outside slurm:
+    every rank saves the step it reached and the run exits 128 + signal, so `afterok` chains stop."""
+    proc = start(data_dir, tmp_path, "--devices", devices, "--save_interval", 4)
+    wait_for(proc, tmp_path / "step-00000004" / "meta.json")
+    time.sleep(0.3)
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    out, err = finish(proc)
+    assert proc.returncode == code, err[-3000:]
+    last = max(metrics(tmp_path))
+    assert (tmp_path / f"step-{last:08d}" / "meta.json").is_file()
+    assert not (tmp_path / "final").exists()
+    assert f"stopped by {signal.Signals(sig).name}" in err and "--resume auto" in err and "Traceback" not in err
+    assert err.count("stopped by") == 1  # rank 0 speaks for the job
+
+
+def test_a_frozen_rank_ends_the_run_with_one_line_per_waiting_rank(data_dir, tmp_path):  # noqa: F811
+    """A rank that stops answering (SIGSTOP: a frozen node) would hold the others in a collective until the job's
+    time limit; with --collective_timeout they exit 124 naming themselves and the phase."""
+    proc = start(data_dir, tmp_path, "--devices", 2, "--save_interval", 3, "--collective_timeout", 0.1)
+    wait_for(proc, tmp_path / "step-00000003" / "meta.json")
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2
+    os.kill(int(ranks[1]), signal.SIGSTOP)
+    start_wait = time.time()
+    out, err = finish(proc)
+    assert proc.returncode == 124, err[-3000:]
+    assert time.time() - start_wait < 60
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: rank 0 of 2: step ")
+    assert "--collective_timeout" in errors[0]
+
+
+def test_a_failure_on_rank_zero_alone_stops_every_rank(data_dir, tmp_path):  # noqa: F811
+    """Rank 0's metrics.csv becomes unwritable mid-run: the error reaches the other ranks at the next step
+    boundary, so the job ends at once with one line instead of leaving rank 1 in a collective."""
+    proc = start(data_dir, tmp_path, "--devices", 2, "--save_interval", 3, "--collective_timeout", 5)
+    wait_for(proc, tmp_path / "step-00000003" / "meta.json")
+    (tmp_path / "metrics.csv").unlink()
+    (tmp_path / "metrics.csv").mkdir()
+    out, err = finish(proc, timeout=60)
+    assert proc.returncode == 1, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "metrics.csv" in errors[0] and "Traceback" not in err
