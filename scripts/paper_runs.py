@@ -48,6 +48,11 @@ class Family:
     eval_interval: int = 1000
     eval_iters: int = 100
     save_interval: int = 5000
+    keep_last: int = 2  # step-* checkpoints kept per run (~16 GB each at 1.1B, ~71 GB at 7B): the newest and one more
+    seq: int = SEQ  # tokens per sequence
+    precision: str = "bf16-mixed"
+    train_data: str = "data/slimpajama/train"  # prepare_slimpajama.py output; its tokenizer in ../tokenizer
+    val_data: str = "data/slimpajama/validation"
 
 
 @dataclass(frozen=True)
@@ -77,11 +82,16 @@ class Run:
 
     @property
     def steps(self) -> int:
-        return max(1, self.tokens // (self.family.batch * SEQ))  # what pretrain/tinyllama.py trains
+        return max(1, self.tokens // (self.family.batch * self.family.seq))  # what pretrain/tinyllama.py trains
 
     @property
     def trained_tokens(self) -> int:
-        return self.steps * self.family.batch * SEQ
+        return self.steps * self.family.batch * self.family.seq
+
+    @property
+    def fpt(self) -> float:
+        """Training FLOPs per token of this run's model at its family's sequence length."""
+        return fpt(self.model, self.family.seq)
 
 
 F11 = Family("1.1b", "24L2048H", 3e-4, 8, 100 * B)
@@ -97,6 +107,10 @@ SMALL_CONFIGS = {  # ~110M / 52M: the 1.1B pair's shape (MHA, head size 64, FFN 
                       parallel_residual=False, bias=False, _norm_class="FusedRMSNorm", norm_eps=1e-5,
                       _mlp_class="LLaMAMLP")
     for n in (24, 6)}
+# minutes on CPU, on the embedded sample (scripts/prepare_sample_data.py): checks a cluster set-up, not the claim
+FSMOKE = Family("smoke", "4L128H", 3e-3, 8, 81_920, batch=8, warmup=4, horizon=10_000, eval_interval=10, eval_iters=4,
+                save_interval=10, seq=256, precision="32-true", train_data="data/sample/packed",
+                val_data="data/sample/packed")
 # one GPU: 0.5M-token batches; the paper's schedule shape scaled to the shorter run (warm-up, horizon 6x the run)
 FSMALL = Family("small", str(SMALL_DIR / "24L512H.json"), 6e-4, 16, 5 * B, batch=256, warmup=600, horizon=60_000,
                 eval_interval=200, eval_iters=50, save_interval=1000)
@@ -254,6 +268,11 @@ def _runs() -> Dict[str, Run]:
                why=f"D = 5B - {format_tokens(5 * B - exact)} (rounded to whole steps): the base's exact FLOPs, so G_stack and "
                    f"scratch cost the same. Embeddings are {embedding_share:.0%} of this model, so the base costs "
                    f"{ratio:.2f}x the paper's d/g estimate."))
+
+    # ---- the whole pipeline in minutes on CPU (no paper number): base 10 steps, G_stack g = 2, scratch 40 steps
+    smoke = _base(FSMOKE, "base-2L128H", "2L128H", 20_480, 8, "The smoke test's base: 10 steps on the sample data.")
+    add(smoke), add(_scratch(FSMOKE))
+    add(_grown(FSMOKE, "stack", Grow(smoke.key, "stack", 2), smoke, why="d/g + D = 10,240 + 71,680 = 81,920 tokens."))
     return {r.key: r for r in runs}
 
 
@@ -279,7 +298,7 @@ def small_exact_tokens(base: Run) -> int:
     return int((fam.scratch_tokens - d_equiv) // step * step)
 
 
-_FPT_CACHE: Dict[str, float] = {}
+_FPT_CACHE: Dict[Tuple[str, int], float] = {}
 
 
 def load_config(model: str) -> Config:
@@ -289,10 +308,10 @@ def load_config(model: str) -> Config:
     return Config.load(model)
 
 
-def fpt(model: str) -> float:
-    if model not in _FPT_CACHE:
-        _FPT_CACHE[model] = flops_per_token(load_config(model), SEQ)
-    return _FPT_CACHE[model]
+def fpt(model: str, seq: int = SEQ) -> float:
+    if (model, seq) not in _FPT_CACHE:
+        _FPT_CACHE[(model, seq)] = flops_per_token(load_config(model), seq)
+    return _FPT_CACHE[(model, seq)]
 
 
 def non_embedding(model: str) -> int:
@@ -319,6 +338,7 @@ class Experiment:
     nodes: int = 4
     gpus_per_node: int = 8
     eval_tasks: str = "paper"
+    eval_device: Tuple[str, str] = ("cuda", "bfloat16")  # eval/run.py --device, --dtype
 
 
 def _k(family: Family, *names: str) -> Tuple[str, ...]:
@@ -453,6 +473,14 @@ def _experiments() -> Dict[str, Experiment]:
             expected=("no number in the paper at this size; the claim to check: G_stack reaches scratch's final "
                       "validation loss with fewer FLOPs (speedup > 0; the paper reports 31-55% from 410M to 7B)",),
             nodes=1, gpus_per_node=1),
+        Experiment(
+            "smoke", "The whole pipeline in minutes on CPU, on the embedded sample: 2L128H (10 steps) grown to 4L128H "
+            "by G_stack vs 4L128H scratch, eval on the sample tasks, speedup, table, plot",
+            _k(FSMOKE, "base-2L128H", "scratch", "stack"), (("smoke-stack", "G_stack"), ("smoke-scratch", "scratch")),
+            (("smoke-scratch", "smoke-stack"),), (("smoke", ("G_stack", "scratch"), None),),
+            expected=("no paper number: it checks that the jobs, templates and dependencies of a set-up work (sbatch "
+                      "on a cluster, --launcher local here); its few tokens per parameter say nothing of the claim",),
+            nodes=1, gpus_per_node=1, eval_tasks="sample", eval_device=("cpu", "float32")),
     ]
     return {e.name: e for e in exps}
 
@@ -488,11 +516,11 @@ class Budget:
 
 
 def budget(run: Run) -> Budget:
-    own = run.trained_tokens * fpt(run.model)
+    own = run.trained_tokens * run.fpt
     if not run.grow:
         return Budget(run, own, own, run.trained_tokens, run.trained_tokens)
     base = budget(RUNS[run.grow.base])
     if run.grow.op.startswith("learn"):
-        own += fpt(run.model) * run.grow.learn_steps * 4 * SEQ  # the fit: micro_batch_size 4 sequences per step
+        own += run.fpt * run.grow.learn_steps * 4 * run.family.seq  # the fit: micro_batch_size 4 sequences per step
     total = base.total + own
-    return Budget(run, own, total, base.paper_tokens / run.grow.g + run.trained_tokens, total / fpt(run.model))
+    return Budget(run, own, total, base.paper_tokens / run.grow.g + run.trained_tokens, total / run.fpt)

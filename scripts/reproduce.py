@@ -36,12 +36,8 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import shlex
 import shutil
-import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -49,11 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from paper_runs import (CONFIG_DIR, DEFAULT_OUT, EXPERIMENTS, RUNS, SEQ, SMALL_CONFIGS, SMALL_DIR,  # noqa: E402
-                        Experiment, Family, Run, UsageError, budget, format_tokens, fpt)
+from paper_runs import (CONFIG_DIR, DEFAULT_OUT, EXPERIMENTS, RUNS, SMALL_CONFIGS, SMALL_DIR,  # noqa: E402
+                        Experiment, Family, Run, UsageError, budget, format_tokens)
 from lit_gpt.config import Config  # noqa: E402
+from stage_jobs import (SlurmOptions, Stage, display, local_argv, preflight, run_locally, sbatch_argv,  # noqa: E402
+                        shell_join, submit)
 
-DATA = "data/slimpajama"  # placeholder: prepare SlimPajama here, or symlink it (README "Reproducing the paper")
 DEFAULT_MFU = 0.45
 DEFAULT_PEAK = 989e12  # H100 SXM bf16 dense
 SLURM = Path("scripts/slurm")
@@ -84,8 +81,8 @@ def train_fields(run: Run, root: str = DEFAULT_OUT, stage: bool = False) -> List
         fields.append(("out_dir", out_dir(run, root), ""))
         if run.grow:
             fields.append(("initial_checkpoint", grown_dir(run, root), "written by the grow stage"))
-        fields += [("train_data_dir", f"{DATA}/train", "prepare_slimpajama.py output; tokenizer in ../tokenizer"),
-                   ("val_data_dir", f"{DATA}/validation", "")]
+        fields += [("train_data_dir", fam.train_data, "packed *.bin files; the tokenizer in ../tokenizer"),
+                   ("val_data_dir", fam.val_data, "")]
     fields += [("micro_batch_size", run.micro, "per GPU; lower it if memory runs out, the global batch stays"),
                ("max_tokens", run.tokens, format_tokens(run.tokens) + ("" if not run.grow else ", D (after growth)")),
                ("learning_rate", run.lr, ""), ("min_lr", run.lr / 10, "")]
@@ -96,12 +93,14 @@ def train_fields(run: Run, root: str = DEFAULT_OUT, stage: bool = False) -> List
 
 
 def shared_fields(fam: Family) -> List[Tuple[str, object, str]]:
-    return [("global_batch_size", fam.batch, f"x {SEQ} tokens = {format_tokens(fam.batch * SEQ)} per step"),
+    return [("global_batch_size", fam.batch, f"x {fam.seq} tokens = {format_tokens(fam.batch * fam.seq)} per step"),
             ("warmup_steps", fam.warmup, ""),
             ("lr_decay_steps", fam.horizon, "the cosine horizon; max_tokens stops the run long before it"),
             ("weight_decay", 0.1, ""), ("beta1", 0.9, ""), ("beta2", 0.95, ""), ("grad_clip", 1.0, ""),
-            ("precision", "bf16-mixed", ""), ("seed", 3407, ""), ("eval_interval", fam.eval_interval, ""),
-            ("eval_iters", fam.eval_iters, ""), ("save_interval", fam.save_interval, ""), ("log_interval", 10, "")]
+            ("precision", fam.precision, ""), ("seed", 3407, ""), ("eval_interval", fam.eval_interval, ""),
+            ("eval_iters", fam.eval_iters, ""), ("save_interval", fam.save_interval, ""),
+            ("keep_last", fam.keep_last, "older step-* checkpoints are deleted; final/ is always kept"),
+            ("log_interval", 10, "")]
 
 
 def yaml_value(v: object) -> str:
@@ -155,7 +154,7 @@ def render_stages_recipe(name: str) -> str:
                           "sbatch --nodes=4 scripts/slurm/stages.sbatch pretrain/configs/paper/gradual_stack.yaml "
                           f"(it adds devices, num_nodes and resume). {GENERATED}")
     lines = head + [f"out_dir: {out}", "train:"]
-    lines += _yaml_lines([("train_data_dir", f"{DATA}/train", ""), ("val_data_dir", f"{DATA}/validation", "")]
+    lines += _yaml_lines([("train_data_dir", fam.train_data, ""), ("val_data_dir", fam.val_data, "")]
                          + shared_fields(fam), "  ")
     lines.append("stages:")
     for run in runs:
@@ -192,31 +191,6 @@ def write_configs() -> int:
 
 
 # ------------------------------------------------------------------------------------------------ stages
-
-
-@dataclass
-class Stage:
-    id: str
-    kind: str  # train, grow, learn, export, stages, eval, speedup, table, plot
-    args: List[str]  # after `python`: a script or -m module, then its flags
-    done_file: Path
-    needs: List[str] = field(default_factory=list)
-    min_step: Optional[int] = None  # train: training.json must record at least this step
-    stdout: Optional[Path] = None  # speedup: its JSON goes to this file
-    run: Optional[Run] = None
-    tokens: int = 0
-    flops: float = 0.0
-
-    def done(self) -> bool:
-        path = self.done_file if self.done_file.is_absolute() else ROOT / self.done_file
-        if not path.is_file():
-            return False
-        if self.min_step is None:
-            return True
-        try:
-            return int(json.loads(path.read_text()).get("step", -1)) >= self.min_step
-        except (ValueError, AttributeError):
-            return False
 
 
 def micro_for(micro: int, batch: int, world: int) -> int:
@@ -259,7 +233,7 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
             if run.grow.noise:
                 args += ["--noise", str(run.grow.noise)]
             if learn:
-                args += ["--data", f"{DATA}/train", "--steps", str(run.grow.learn_steps), "--device", "cuda"]
+                args += ["--data", run.family.train_data, "--steps", str(run.grow.learn_steps), "--device", "cuda"]
             args += ["--out", grown_dir(run, root), "--force"]
             grow_needs = [f"train:{base.key}"] if f"train:{base.key}" in {s.id for s in stages} else []
             stages.append(Stage(f"grow:{key}", "learn" if learn else "grow", args,
@@ -272,18 +246,20 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
             stages.append(Stage(f"train:{key}@{format_tokens(run.snapshot)}", "train",
                                 train_args(run) + ["--max_tokens", str(run.snapshot)],
                                 Path(out_dir(run, root)) / f"step-{step:08d}" / "meta.json", needs, run=run,
-                                tokens=part.trained_tokens, flops=part.trained_tokens * fpt(run.model)))
+                                tokens=part.trained_tokens, flops=part.trained_tokens * run.fpt))
             stages.append(Stage(f"export:{key}@{format_tokens(run.snapshot)}", "export",
                                 ["scripts/export_checkpoint.py", "--checkpoint_dir",
                                  f"{out_dir(run, root)}/step-{step:08d}", "--out_dir",
-                                 f"{out_dir(run, root)}-{format_tokens(run.snapshot)}", "--tokenizer_dir", f"{DATA}/tokenizer"],
+                                 f"{out_dir(run, root)}-{format_tokens(run.snapshot)}", "--tokenizer_dir",
+                                 str(Path(run.family.train_data).parent / "tokenizer")],
                                 Path(f"{out_dir(run, root)}-{format_tokens(run.snapshot)}") / "training.json",
                                 [f"train:{key}@{format_tokens(run.snapshot)}"], run=run))
-            needs = [f"train:{key}@{format_tokens(run.snapshot)}"]
+            # the export too: the continued run prunes old checkpoints (keep_last), the snapshot's among them
+            needs = [f"train:{key}@{format_tokens(run.snapshot)}", f"export:{key}@{format_tokens(run.snapshot)}"]
             stages.append(Stage(f"train:{key}", "train", train_args(run), Path(out_dir(run, root)) / "final" /
                                 "training.json", needs, run.steps, run=run,
                                 tokens=run.trained_tokens - part.trained_tokens,
-                                flops=full.flops - part.trained_tokens * fpt(run.model)))
+                                flops=full.flops - part.trained_tokens * run.fpt))
         else:
             stages.append(Stage(f"train:{key}", "train", train_args(run),
                                 Path(out_dir(run, root)) / "final" / "training.json", needs, run.steps, run=run,
@@ -301,7 +277,7 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
         last = runs[-1]
         stages.append(Stage(f"stages:{name}", "stages", args, Path(out_dir(last, root)) / "final" / "training.json",
                             [], last.steps, run=last, tokens=sum(r.trained_tokens for r in runs),
-                            flops=sum(r.trained_tokens * fpt(r.model) for r in runs)))
+                            flops=sum(r.trained_tokens * r.fpt for r in runs)))
     results = {}
     for key, label in exp.evals:
         run_key, _, snap = key.partition("@")
@@ -314,8 +290,8 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
         result = f"{root}/{run.family.name}/eval/{run.name.replace('/', '-')}{'-' + snap if snap else ''}.json"
         results[label] = result
         stages.append(Stage(f"eval:{key}", "eval",
-                            ["eval/run.py", "--checkpoint", checkpoint, "--tasks", exp.eval_tasks, "--device", "cuda",
-                             "--dtype", "bfloat16", "--name", label, "--out", result],
+                            ["eval/run.py", "--checkpoint", checkpoint, "--tasks", exp.eval_tasks, "--device",
+                             exp.eval_device[0], "--dtype", exp.eval_device[1], "--name", label, "--out", result],
                             Path(result), _present([need], stages)))
     report = f"{root}/report/{exp.name}"
     for ref, other in exp.speedups:
@@ -348,131 +324,6 @@ def _present(ids: Sequence[str], stages: Sequence[Stage]) -> List[str]:
     return [i for i in ids if i in have]
 
 
-# ------------------------------------------------------------------------------------------------ launching
-
-
-def local_argv(stage: Stage, gpus: int, python: str = "python") -> Tuple[List[str], Dict[str, str]]:
-    if stage.kind == "stages":
-        return ["bash", str(SLURM / "stages.sbatch"), *stage.args], {"GPUS_PER_NODE": str(gpus)}
-    argv = [python, *stage.args]
-    if stage.kind == "train":
-        argv += ["--devices", str(gpus), "--resume", "auto"]
-    return argv, {}
-
-
-def sbatch_argv(stage: Stage, exp: Experiment, nodes: int, gpus: int, deps: Sequence[str]) -> List[str]:
-    job = f"--job-name=rp-{stage.id.replace(':', '-').replace('/', '-').replace('@', '-')}"
-    argv = ["sbatch", "--parsable", job]
-    if deps:
-        argv.append(f"--dependency=afterok:{':'.join(deps)}")
-    if stage.kind in ("train", "stages"):
-        argv += [f"--nodes={nodes}", f"--ntasks-per-node={gpus}", f"--gpus-per-node={gpus}"]
-        script = "pretrain.sbatch" if stage.kind == "train" else "stages.sbatch"
-        return argv + [str(SLURM / script), *(stage.args[1:] if stage.kind == "train" else stage.args)]
-    if stage.kind in ("grow", "learn"):
-        if stage.kind == "learn":
-            argv.append("--gpus-per-node=1")
-        return argv + [str(SLURM / "grow.sbatch"), *stage.args[2:]]
-    if stage.kind == "eval":
-        return argv + [str(SLURM / "eval.sbatch"), *stage.args[1:]]
-    command = shlex.join(stage.args)
-    if stage.stdout is not None:  # written whole or not at all: a half file would mark the stage done
-        tmp = f"{stage.stdout}.tmp"
-        command = (f"\"${{PYTHON:-.venv/bin/python}}\" {command} > {shlex.quote(tmp)} && "
-                   f"mv {shlex.quote(tmp)} {shlex.quote(str(stage.stdout))}")
-    else:
-        command = f"\"${{PYTHON:-.venv/bin/python}}\" {command}"
-    return argv + ["--output=logs/%x-%j.out", f"--wrap={command}"]
-
-
-def _shell_join(argv: Sequence[str]) -> str:
-    """shlex.join, but job-id variables in --dependency stay unquoted so that the shell expands them."""
-    return " ".join(a if a.startswith("--dependency=afterok:$J") else shlex.quote(a) for a in argv)
-
-
-def display(argv: Sequence[str], env: Dict[str, str], stdout: Optional[Path] = None) -> str:
-    text = " ".join([*(f"{k}={v}" for k, v in env.items()), shlex.join(argv)])
-    return text + (f" > {shlex.quote(str(stdout))}" if stdout else "")
-
-
-def job_file(jobs_dir: Path, stage: Stage) -> Path:
-    """Keyed by the stage's output, which experiments sharing a run share (and report stages do not)."""
-    done = stage.done_file if stage.done_file.is_absolute() else ROOT / stage.done_file
-    return jobs_dir / str(done).strip("/").replace("/", "__")
-
-
-def pending_job(jobs_dir: Path, stage: Stage) -> Optional[str]:
-    """The id of a job an earlier call submitted for this stage, if slurm still has it queued or running."""
-    path = job_file(jobs_dir, stage)
-    if not path.is_file() or shutil.which("squeue") is None:
-        return None
-    job = path.read_text().strip()
-    state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
-    return job if state else None
-
-
-def submit(stages: List[Stage], exp: Experiment, nodes: int, gpus: int, root: str) -> int:
-    jobs_dir = (ROOT / root if not Path(root).is_absolute() else Path(root)) / ".jobs"
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    (ROOT / "logs").mkdir(exist_ok=True)  # the sbatch files log to logs/%x-%j.out; slurm does not create it
-    env = {**os.environ, "PYTHON": sys.executable}
-    ids: Dict[str, str] = {}
-    for stage in stages:
-        if stage.done():
-            print(f"done     {stage.id}")
-            continue
-        job = pending_job(jobs_dir, stage)
-        if job is None:
-            make_output_dir(stage)
-            deps = [ids[n] for n in stage.needs if n in ids]
-            argv = sbatch_argv(stage, exp, nodes, gpus, deps)
-            result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-            if result.returncode != 0:
-                print(f"error: sbatch refused {stage.id}: {result.stderr.strip() or result.stdout.strip()}",
-                      file=sys.stderr)
-                return 1
-            job = result.stdout.strip().split(";")[0]
-            job_file(jobs_dir, stage).write_text(job + "\n")
-            print(f"queued   {stage.id}: job {job}")
-        else:
-            print(f"queued   {stage.id}: job {job} (from an earlier call)")
-        ids[stage.id] = job
-    return 0
-
-
-def make_output_dir(stage: Stage) -> None:
-    """eval, table, plot and speedup write into a directory they expect to exist."""
-    if stage.kind in ("eval", "table", "plot", "speedup"):
-        path = stage.done_file if stage.done_file.is_absolute() else ROOT / stage.done_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-
-def run_locally(stages: List[Stage], gpus: int) -> int:
-    for stage in stages:
-        if stage.done():
-            print(f"done     {stage.id}", flush=True)
-            continue
-        make_output_dir(stage)
-        argv, extra_env = local_argv(stage, gpus, sys.executable)
-        print(f"running  {stage.id}\n  {display(local_argv(stage, gpus)[0], extra_env, stage.stdout)}", flush=True)
-        env = {**os.environ, "PYTHON": sys.executable, **extra_env}
-        if stage.stdout is not None:
-            out = stage.stdout if stage.stdout.is_absolute() else ROOT / stage.stdout
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            with tmp.open("w") as f:
-                code = subprocess.run(argv, cwd=ROOT, env=env, stdout=f).returncode
-            if code == 0:
-                tmp.replace(out)
-        else:
-            code = subprocess.run(argv, cwd=ROOT, env=env).returncode
-        if code != 0:
-            print(f"error: {stage.id} failed (exit {code}); fix it and rerun: finished stages are skipped",
-                  file=sys.stderr)
-            return 1
-    return 0
-
-
 # ------------------------------------------------------------------------------------------------ output
 
 
@@ -489,7 +340,8 @@ def gpu_hours(flops: float, mfu: float, peak: float) -> float:
 
 
 def print_budget(exp: Experiment, stages: List[Stage], mfu: float, peak: float, world: int) -> None:
-    print(f"budget: FLOPs = flops_per_token(config, {SEQ}) x tokens; a grown run's total includes its base's "
+    print(f"budget: FLOPs = flops_per_token(config, {exp.runs and RUNS[exp.runs[0]].family.seq}) x tokens; a grown "
+          "run's total includes its base's "
           "(C = C_base + C_grown, §5.4)")
     print("  scratch-eq tokens = total / flops_per_token(target) (exact) | d/g + D (the paper's accounting)")
     head = f"  {'run':<30} {'model':<25} {'tokens':>8} {'FLOPs':>9} {'total':>9} {'exact':>8} {'paper':>8} {'GPU-h':>8}"
@@ -513,7 +365,7 @@ def print_budget(exp: Experiment, stages: List[Stage], mfu: float, peak: float, 
     print("  growth runs on CPU (minutes), G_learn's fit and each eval take about a GPU-hour or less: not counted")
 
 
-def print_stages(stages: List[Stage], exp: Experiment, launcher: str, nodes: int, gpus: int) -> None:
+def print_stages(stages: List[Stage], options: SlurmOptions, launcher: str, nodes: int, gpus: int) -> None:
     where = f"python = {sys.executable}" if launcher == "local" else "jobs run $PYTHON, default .venv/bin/python"
     print(f"stages ({launcher}; {where}):")
     index = {s.id: i for i, s in enumerate(stages, 1)}
@@ -523,7 +375,7 @@ def print_stages(stages: List[Stage], exp: Experiment, launcher: str, nodes: int
         print(f"  [{i}] {stage.id}: {status}{after}")
         if launcher == "sbatch":
             deps = [f"$J{index[n]}" for n in stage.needs if not stages[index[n] - 1].done()]
-            print(f"    J{i}=$({_shell_join(sbatch_argv(stage, exp, nodes, gpus, deps))})")
+            print(f"    J{i}=$({shell_join(sbatch_argv(stage, options, nodes, gpus, deps))})")
         else:
             argv, env = local_argv(stage, gpus)
             print(f"    {display(argv, env, stage.stdout)}")
@@ -590,6 +442,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "recipes' own paths)")
     p.add_argument("--launcher", choices=("auto", "sbatch", "local"), default="auto",
                    help="auto: sbatch when it is on PATH, else run here in order")
+    for name, what, env in (("partition", "partition", "PARTITION"), ("account", "account to charge", "ACCOUNT"),
+                            ("qos", "quality of service", "QOS"),
+                            ("time", "time limit, e.g. 48:00:00 (training jobs requeue themselves before it)",
+                             "TIMELIMIT")):
+        p.add_argument(f"--{name}", default=None, help=f"slurm {what} of every job submitted, --wrap jobs included "
+                       f"(default: SBATCH_{env} if set, else the templates' #SBATCH lines)")
+    p.add_argument("--log_dir", default="logs", help="where slurm writes each job's log, %%x-%%j.out (default logs/, "
+                   "created here: slurm does not create it)")
+    p.add_argument("--skip_checks", action="store_true", help="submit without checking data, tokenizer and free "
+                   "disk first (e.g. when the data is visible only from compute nodes)")
     try:
         args = p.parse_args(argv)
         if args.mfu > 1:
@@ -631,12 +493,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              if (args.mfu, args.gpu_flops) == (DEFAULT_MFU, DEFAULT_PEAK) else " (given)")
           + "; override with --mfu and --gpu_flops")
     print_budget(exp, stages, args.mfu, args.gpu_flops, nodes * gpus)
-    print_stages(stages, exp, launcher, nodes, gpus)
+    options = SlurmOptions(args.partition, args.account, args.qos, args.time, args.log_dir)
+    print_stages(stages, options, launcher, nodes, gpus)
     print_expected(exp)
+    problems = [] if args.skip_checks else preflight(stages, root)
     if args.dry_run:
+        for problem in problems:
+            print(f"warning: {problem}")
         return 0
+    if problems:
+        print(f"error: nothing submitted: {problems[0]}" + (f" (and {len(problems) - 1} more: "
+              + "; ".join(problems[1:]) + ")" if len(problems) > 1 else "") + "; --skip_checks submits anyway",
+              file=sys.stderr)
+        return 1
     print()
-    return submit(stages, exp, nodes, gpus, root) if launcher == "sbatch" else run_locally(stages, gpus)
+    return submit(stages, options, nodes, gpus, root) if launcher == "sbatch" else run_locally(stages, gpus)
 
 
 if __name__ == "__main__":

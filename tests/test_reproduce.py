@@ -5,6 +5,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -95,7 +96,7 @@ def test_operators_budget_paper_identity_and_exact_accounting(capsys):
         assert base.tokens / run.grow.g + run.tokens == scratch.tokens  # the paper's identity, exactly
         # the same identity in trained tokens (whole steps) holds to within one step on each side
         b = rp.budget(run)
-        assert abs(b.paper_tokens - scratch.trained_tokens) <= 2 * 1024 * rp.SEQ
+        assert abs(b.paper_tokens - scratch.trained_tokens) <= 2 * 1024 * pr.SEQ
         # exact FLOPs: the base costs more than d/g target tokens, but within 1% of the scratch budget
         scratch_flops = rp.budget(scratch).flops
         assert scratch_flops < b.total < 1.01 * scratch_flops
@@ -117,7 +118,7 @@ def test_grown_runs_match_their_scratch_budget_in_the_papers_accounting(name):
     assert grown
     for run in grown:
         # d/g + D = T with the recipes' token counts
-        assert nominal_paper_tokens(run) == pytest.approx(scratch.tokens, abs=1024 * rp.SEQ), run.key
+        assert nominal_paper_tokens(run) == pytest.approx(scratch.tokens, abs=1024 * pr.SEQ), run.key
         exact = rp.budget(run).exact_tokens / scratch.trained_tokens
         assert 1.0 <= exact < 1.02, run.key  # exact FLOPs: the base costs a bit more than d/g
 
@@ -180,6 +181,12 @@ def test_recipes_have_the_papers_hyperparameters():
         args = parse(TrainArgs, ["--config", str(path)])  # unknown keys or bad types fail here
         run = rp.RUNS[path.stem]
         family = path.stem.split("-")[0]
+        assert args.keep_last == 2  # a 1.1B checkpoint is ~16 GB, a 7B one ~71 GB: every one kept would fill disks
+        if family == "smoke":  # not a paper run: minutes on CPU, on the sample data
+            assert (args.precision, args.train_data_dir, args.model_name) == ("32-true", "data/sample/packed", "4L128H"
+                                                                              if not run.key.startswith("smoke-base")
+                                                                              else "2L128H")
+            continue
         if family != "small":
             assert (args.global_batch_size, args.block_size) == (1024, None)  # 1024 x 2048 = 2M tokens
             assert (args.warmup_steps, args.lr_decay_steps) == (3000, 300_000)
@@ -219,7 +226,7 @@ def test_small_gpu_recipe_is_about_100M_and_flops_matched():
     assert 90e6 < param_count(target) < 130e6 and target.n_layer == 4 * base.n_layer
     stack, scratch = rp.RUNS["small-stack"], rp.RUNS["small-scratch"]
     assert 2 * B <= scratch.tokens <= 10 * B
-    step_flops = rp.fpt(stack.model) * pr.FSMALL.batch * rp.SEQ
+    step_flops = pr.fpt(stack.model) * pr.FSMALL.batch * pr.SEQ
     assert abs(rp.budget(stack).total - rp.budget(scratch).flops) <= step_flops  # exact FLOPs, one step
     exp = rp.EXPERIMENTS["small-gpu"]
     assert (exp.nodes, exp.gpus_per_node) == (1, 1)
@@ -264,13 +271,14 @@ def test_finished_stages_are_marked_done(capsys, tmp_path):
 def test_snapshot_stage_of_the_7b_run(capsys, tmp_path):
     out = dry_run(capsys, "scaling-7b", "--out_dir", str(tmp_path))
     stack = rp.RUNS["7b-stack"]
-    step = (130 * B) // (1024 * rp.SEQ)
+    step = (130 * B) // (1024 * pr.SEQ)
     assert f"--max_tokens {130 * B}" in out and f"step-{step:08d}" in out
     stages = rp.build_stages(rp.EXPERIMENTS["scaling-7b"], str(tmp_path), 32)
     ids = [s.id for s in stages]
     assert ids.index("train:7b-stack@130B") < ids.index("export:7b-stack@130B") < ids.index("eval:7b-stack@130B")
     full = stages[ids.index("train:7b-stack")]
-    assert full.needs == ["train:7b-stack@130B"] and full.min_step == stack.steps
+    # it waits for the export too: with keep_last it deletes the 130B checkpoint the export reads
+    assert full.needs == ["train:7b-stack@130B", "export:7b-stack@130B"] and full.min_step == stack.steps
     # the part run writes final/ too: the full stage is done only at its own last step
     (tmp_path / "7b" / "stack" / "final").mkdir(parents=True)
     (tmp_path / "7b" / "stack" / "final" / "training.json").write_text(json.dumps({"step": step}))
@@ -345,9 +353,9 @@ def test_submission_chains_dependencies_and_skips_queued_jobs(monkeypatch, tmp_p
     squeue.write_text("#!/bin/bash\necho PENDING\n")  # every earlier job still queued
     squeue.chmod(squeue.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(rp, "ROOT", tmp_path)  # logs/ is created beside the jobs, not in the repository
     root = tmp_path / "runs"
-    assert rp.main(["small-gpu", "--out_dir", str(root)]) == 0
+    flags = ["--out_dir", str(root), "--log_dir", str(tmp_path / "logs"), "--skip_checks"]  # no SlimPajama here
+    assert rp.main(["small-gpu", *flags]) == 0
     lines = log.read_text().splitlines()
     stages = rp.build_stages(rp.EXPERIMENTS["small-gpu"], str(root), 1)
     assert len(lines) == len(stages)
@@ -359,7 +367,7 @@ def test_submission_chains_dependencies_and_skips_queued_jobs(monkeypatch, tmp_p
     assert "scripts/slurm/pretrain.sbatch --config pretrain/configs/paper/small-stack.yaml" in lines[train]
     assert (tmp_path / "logs").is_dir() and (root / ".jobs").is_dir()
     capsys.readouterr()
-    assert rp.main(["small-gpu", "--out_dir", str(root)]) == 0  # a second call: all still queued, none resubmitted
+    assert rp.main(["small-gpu", *flags]) == 0  # a second call: all still queued, none resubmitted
     assert len(log.read_text().splitlines()) == len(stages)
     assert "from an earlier call" in capsys.readouterr().out
 
@@ -370,7 +378,7 @@ def test_local_runner_writes_stdout_whole_and_stops_on_failure(tmp_path, capsys)
     bad = rp.Stage("speedup:b", "speedup", ["-c", "print('partial'); raise SystemExit(3)"], tmp_path / "b.json",
                    stdout=tmp_path / "b.json")
     never = rp.Stage("table:c", "table", ["-c", "open(r'%s', 'w')" % (tmp_path / "c.md")], tmp_path / "c.md")
-    assert rp.run_locally([good, bad, never], 1) == 1
+    assert rp.run_locally([good, bad, never], 1) == 3  # the failing stage's exit code
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
     assert not (tmp_path / "b.json").exists() and not (tmp_path / "c.md").exists()
     assert "error: speedup:b failed (exit 3)" in capsys.readouterr().err
@@ -386,3 +394,49 @@ def test_expected_numbers_come_from_the_paper(capsys):
     timing = dry_run(capsys, "timing")
     assert re.search(r"d = 11\.\dB", timing)  # Eq. 2 at 1.1B / 100B (reference §7: 11.4B)
     assert math.isclose(pr.eq2(1.1 * B, 100 * B) / B, 11.4, abs_tol=0.05)
+
+
+def test_nothing_is_submitted_without_data_tokenizer_or_disk(tmp_path, monkeypatch, capsys, sample_data):
+    """Missing data, tokenizer or disk would fail jobs hours later on the cluster: the check runs before the first
+    sbatch, prints one line, and submits nothing; --dry_run shows the same problems as warnings."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\necho \"$@\" >> {shlex.quote(str(log))}\necho 7\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    flags = ["--out_dir", str(tmp_path / "runs"), "--log_dir", str(tmp_path / "logs"), "--launcher", "sbatch"]
+    capsys.readouterr()
+    assert rp.main(["small-gpu", *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: nothing submitted: no train_slimpajama*.bin files in "
+                                               "data/slimpajama/train"), err
+    assert "no tokenizer in" in err[0] and "--skip_checks" in err[0]
+    assert not log.exists()
+    assert "warning: no train_slimpajama*.bin files" in dry_run(capsys, "small-gpu", *flags)
+
+    import stage_jobs
+
+    stages = rp.build_stages(rp.EXPERIMENTS["smoke"], str(tmp_path / "runs"), 1)
+    assert stage_jobs.preflight(stages, str(tmp_path / "runs")) == []  # the sample data and its tokenizer exist
+    params = {m: pr.param_count(pr.load_config(m)) for m in ("2L128H", "4L128H")}
+    # 3 checkpoints of 12 B per parameter at most (keep_last 2, one more while saving) and 4 B for final/ per run,
+    # 4 B for the grown model
+    need = sum(min(steps // 10 + 1, 3) * 12 * params[m] + 4 * params[m]
+               for m, steps in (("2L128H", 10), ("4L128H", 40), ("4L128H", 35))) + 4 * params["4L128H"]
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need - 1))
+    assert rp.main(["smoke", *flags]) == 1
+    err = capsys.readouterr().err
+    assert "GB of checkpoints and exports" in err and err.count("\n") == 1 and not log.exists()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need))
+    assert stage_jobs.preflight(stages, str(tmp_path / "runs")) == []
+    assert rp.main(["small-gpu", *flags, "--skip_checks"]) == 0 and log.exists()
+
+
+def test_gpu_check_dry_run_lists_its_four_checks():
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry_run"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    names = re.findall(r"^\[(\w+)\]", result.stdout, re.M)
+    assert names == ["kernels", "model_step", "tiny_LLaMA_1b", "grow_continue"]
+    assert "--device cuda --dtype bfloat16" in result.stdout and "--max_steps 30" in result.stdout
