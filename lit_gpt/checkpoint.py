@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 
 from lit_gpt.config import Config
-from lit_gpt.distributed import on_rank_zero
+from lit_gpt.distributed import RankFailure, agree, first_line, on_rank_zero
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError
 
@@ -51,7 +51,10 @@ def prune(out_dir: Path, keep: int, current: int) -> List[Path]:
                    if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file() and int(m.group(1)) < current)
     doomed = [p for _, p in found[:max(0, len(found) - (keep - 1))]]
     for path in doomed:
-        shutil.rmtree(path)
+        try:
+            shutil.rmtree(str(path))
+        except OSError as e:
+            raise CheckpointError(f"could not delete the old checkpoint {path} (--keep_last): {e}") from None
     return doomed
 
 
@@ -80,23 +83,36 @@ def save(fabric, out_dir: Path, step: int, model: torch.nn.Module, optimizer: to
     tmp = out_dir / f".tmp-{final.name}"
 
     def start() -> None:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(str(tmp), ignore_errors=True)
         tmp.mkdir(parents=True)
 
     def finish() -> None:
         config.to_json(tmp / "lit_config.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if final.exists():  # the same step saved again (a re-run after resume): replace it whole
-            shutil.rmtree(final)
+            shutil.rmtree(str(final))
         tmp.rename(final)
 
+    def write() -> None:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        try:
+            with _single_process_quiet():
+                dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp,
+                         no_dist=fabric.world_size == 1)
+            torch.save(rng_state(), tmp / f"rng-rank{fabric.global_rank}.pt")
+        except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise CheckpointError(f"could not save step {step} into {final}: {first_line(e)}") from None
+
     on_rank_zero(fabric, start)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _single_process_quiet():
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=fabric.world_size == 1)
-    torch.save(rng_state(), tmp / f"rng-rank{fabric.global_rank}.pt")
-    fabric.barrier()
-    on_rank_zero(fabric, finish)
+    try:
+        agree(fabric, write)  # every rank's shard and RNG state written, or all ranks know that one failed
+        on_rank_zero(fabric, finish)
+    except (CheckpointError, OSError, RankFailure):
+        if fabric.global_rank == 0:  # the last good checkpoint stays the newest; nothing half-written is left
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
@@ -106,12 +122,17 @@ def load(fabric, path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
         raise CheckpointError(f"{path} is not a complete training checkpoint (no meta.json)")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    try:
-        with _single_process_quiet():
-            dcp.load(state, checkpoint_id=path, no_dist=fabric.world_size == 1)
-    except Exception as e:  # noqa: BLE001 - DCP reports a config mismatch as a long multi-line error
-        raise CheckpointError(f"{path} does not fit this model and optimizer "
-                              f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+
+    def read() -> None:
+        try:
+            with _single_process_quiet():
+                dcp.load(state, checkpoint_id=path, no_dist=fabric.world_size == 1)
+        except BaseException as e:  # noqa: BLE001 - a mismatch or damage: DCP's long multi-line error, one line here
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise CheckpointError(f"{path} cannot be loaded into this model and optimizer ({first_line(e)})") from None
+
+    agree(fabric, read)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     rng_file = path / f"rng-rank{fabric.global_rank}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved: those ranks keep their seeds

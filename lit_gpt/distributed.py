@@ -10,6 +10,7 @@ Exit codes (README, "Exit codes"): 0 finished, 1 an error (one `error:` line), 2
 (130 Ctrl-C, 138 SIGUSR1, 143 SIGTERM), 0 again when slurm requeued the job after such a save.
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -64,6 +65,12 @@ def check_slurm_layout(devices: int, num_nodes: int) -> None:
     processes than tasks each task would train on its own and race the others on one out_dir; with more, ranks
     index past the device list. Raises ValueError naming both numbers and the fix."""
     if not under_slurm():
+        step_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
+        if step_tasks > 1 and "LOCAL_RANK" not in os.environ:
+            raise ValueError(f"this srun step runs {step_tasks} tasks, but the job's name "
+                             f"{os.environ.get('SLURM_JOB_NAME')!r} means 'not a slurm launch' (Lightning's rule for "
+                             "salloc shells), so every task would be a run of its own on one out_dir: rename the "
+                             "job (sbatch -J NAME) or start one task")
         return
     nodes = int(os.environ.get("SLURM_STEP_NUM_NODES") or os.environ.get("SLURM_NNODES")
                 or os.environ.get("SLURM_JOB_NUM_NODES") or 1)
@@ -87,26 +94,26 @@ def free_port() -> int:
 
 def launch_local(devices: int, argv: List[str], grace_s: float = 10.0) -> int:
     """Starts `devices` ranks of this command on this machine (torchrun's standalone mode) and returns the run's
-    exit code: the first failing rank's, else rank 0's. Stop signals sent to this process go to every rank (a
-    Ctrl-C in a terminal reaches them directly). When a rank fails, the others get `grace_s` to notice, then
-    SIGKILL: a rank blocked in a collective cannot run Python signal handlers."""
+    exit code: the first failing rank's, else rank 0's (a rank killed by signal N counts as 128 + N). SIGTERM,
+    SIGUSR1 and SIGINT sent to this process go to every rank (a terminal's Ctrl-C, which reaches them too, then
+    arrives twice within milliseconds: `Agreement` counts that as one). When a rank fails, the others get
+    `grace_s` to notice, then SIGKILL: a rank blocked in a collective cannot run Python signal handlers."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(devices),
            "NODE_RANK": "0"}
-    procs = [subprocess.Popen([sys.executable, *argv], env={**env, "LOCAL_RANK": str(r)}) for r in range(devices)]
+    procs = [subprocess.Popen([sys.executable, *argv], env={**env, "LOCAL_RANK": str(r)},
+                              preexec_fn=_stop_with_parent) for r in range(devices)]
 
     def forward(signum, frame) -> None:
-        if signum != signal.SIGINT:  # a terminal's Ctrl-C already reached every rank
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, forward)
     failed: Optional[int] = None
     deadline = None
-    while any(p.poll() is None for p in procs):
-        codes = [p.returncode for p in procs]
-        bad = [c for c in codes if c not in (None, 0) and not _is_stop(c)]
+    while None in (codes := [p.poll() for p in procs]):  # every rank polled: any of them may end first
+        bad = [_code(c) for c in codes if c not in (None, 0) and not _is_stop(c)]
         if bad and failed is None:
             failed, deadline = bad[0], time.monotonic() + grace_s
         if deadline is not None and time.monotonic() > deadline:
@@ -114,11 +121,23 @@ def launch_local(devices: int, argv: List[str], grace_s: float = 10.0) -> int:
                 if p.poll() is None:
                     p.kill()
         time.sleep(0.1)
-    codes = [p.wait() for p in procs]
     if failed is not None:
-        return failed if failed > 0 else 128 - failed
-    bad = [c for c in codes if c != 0]
-    return codes[0] if codes[0] != 0 or not bad else (bad[0] if bad[0] > 0 else 128 - bad[0])
+        return failed
+    return _code(codes[0]) or next((_code(c) for c in codes if c), 0)
+
+
+def _code(returncode: int) -> int:
+    """A child's exit status as a shell reports it: 128 + N when it was killed by signal N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def _stop_with_parent() -> None:
+    """In a rank, before exec: SIGTERM when the launcher dies (even by SIGKILL), so that the rank saves and stops
+    instead of running on, or hanging, without it (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def _is_stop(code: int) -> bool:
@@ -160,21 +179,25 @@ class Watchdog:
 class Agreement:
     """Stop signals and local failures, agreed on by every rank at step boundaries (one small all-reduce).
 
-    SIGTERM, SIGUSR1 and SIGINT set a flag (a second SIGINT interrupts at once). Code that only one rank runs
+    SIGTERM, SIGUSR1 and SIGINT set a flag (a second SIGINT, 2 s or more after the first, interrupts at once).
+    Code that only one rank runs
     (rank 0's metrics file, checkpoint pruning) records its exception with `attempt`; at the next `check` every
     rank learns of it: the failing rank raises its own error, the others raise `RankFailure`.
     """
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self._since = 0.0
         self.failure: Optional[BaseException] = None
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = self.signum or signum
+        now = time.monotonic()
+        if signum == signal.SIGINT and self.signum == signal.SIGINT and now - self._since > 2.0:
+            raise KeyboardInterrupt  # Ctrl-C again: a duplicate of the first arrives within milliseconds
+        if self.signum is None:
+            self.signum, self._since = signum, now
 
     def attempt(self, action: Callable[[], Any]) -> None:
         try:
@@ -210,3 +233,35 @@ def on_rank_zero(fabric, action: Callable[[], Any]) -> None:
         raise error
     if failed:
         raise RankFailure("rank 0 failed")
+
+
+def agree(fabric, action: Callable[[], Any]) -> None:
+    """Collective: runs `action` on every rank, then all learn whether it failed anywhere (one all-reduce). The
+    lowest failing rank re-raises its error, every other rank raises `RankFailure`: one report for the job, and
+    no rank left at the next collective while another is gone. Catches BaseException subclasses that are not
+    interrupts, e.g. torch.distributed.checkpoint's CheckpointException."""
+    import torch
+
+    error: Optional[BaseException] = None
+    try:
+        action()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - reported below, on one rank
+        error = e
+    world = fabric.world_size
+    first = torch.tensor(float(fabric.global_rank if error is not None else world), device=fabric.device)
+    first = int(fabric.all_reduce(first, reduce_op="min").item()) if world > 1 else int(first.item())
+    if first == world:
+        return
+    if error is not None and first == fabric.global_rank:
+        raise error
+    raise RankFailure(f"rank {first} failed")
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: message`, first line only; for a CheckpointException, that of the first rank's underlying error."""
+    failures = getattr(error, "failures", None)
+    if failures:
+        error = next(iter(failures.values()))[0]
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"

@@ -6,7 +6,8 @@
 Single device, DDP or FSDP2 (lightning's ModelParallelStrategy, `fully_shard` per Block), on GPUs or on
 CPU processes with gloo. The model is built on the meta device and each rank initialises only its shards.
 Checkpoints in out_dir/step-NNNNNNNN/ hold everything a resume needs. SIGTERM, SIGUSR1 and Ctrl-C save one at
-the next step boundary and stop; SIGUSR1 under slurm also requeues the job.
+the next step boundary and stop (a second Ctrl-C stops at once, without saving); SIGUSR1 under slurm also
+requeues the job. `--devices N` on one machine starts N processes.
 
 Exit codes: 0 finished (final/ written) or requeued by slurm; 1 error (one `error:` line); 2 bad flags;
 124 a rank waited longer than --collective_timeout; 128 + N stopped by signal N after saving (130 Ctrl-C,
@@ -76,6 +77,7 @@ def tokenizer_dir(args: TrainArgs) -> Optional[Path]:
 
 def validate(args: TrainArgs) -> Config:
     """Everything that can be checked before processes start and memory is spent."""
+    args.check()
     config = Config.load(args.model_name)
     for d in {args.train_data_dir, args.val_data_dir or args.train_data_dir}:
         if not Path(d).is_dir():
@@ -94,9 +96,6 @@ def validate(args: TrainArgs) -> Config:
         if vocab > config.padded_vocab_size:
             raise UsageError(f"the tokenizer in {tok} has {vocab} tokens but model {config.name} has only "
                              f"{config.padded_vocab_size} embedding rows; pick a model with a larger vocab_size")
-    world = args.devices * args.num_nodes
-    if args.devices < 1 or args.num_nodes < 1:
-        raise UsageError("--devices and --num_nodes must be at least 1")
     try:
         check_slurm_layout(args.devices, args.num_nodes)
     except ValueError as e:
@@ -104,19 +103,6 @@ def validate(args: TrainArgs) -> Config:
     if args.num_nodes > 1 and not externally_launched():
         raise UsageError(f"--num_nodes {args.num_nodes} needs a launcher that starts the processes of every node: "
                          "srun (scripts/slurm/pretrain.sbatch) or torchrun --nnodes")
-    if args.strategy == "single" and world > 1:
-        raise UsageError("--strategy single runs one process; use ddp or fsdp (or auto) for several")
-    if not args.collective_timeout > 0:
-        raise UsageError(f"--collective_timeout must be a positive number of minutes, got {args.collective_timeout}")
-    if args.global_batch_size % (args.micro_batch_size * world):
-        raise UsageError(f"--global_batch_size {args.global_batch_size} is not a multiple of micro_batch_size x "
-                         f"processes = {args.micro_batch_size} x {world}")
-    if (args.max_steps is None) == (args.max_tokens is None):
-        raise UsageError("give exactly one of --max_steps and --max_tokens")
-    if (args.max_steps or 0) < 0 or (args.max_tokens or 0) < 0:
-        raise UsageError("--max_steps and --max_tokens cannot be negative")
-    if args.keep_last is not None and args.keep_last < 1:
-        raise UsageError("--keep_last must be at least 1 (the checkpoint a resume needs)")
     if args.block_size and args.block_size > config.block_size:
         raise UsageError(f"--block_size {args.block_size} exceeds the model's block_size {config.block_size}")
     if args.initial_checkpoint:
@@ -361,16 +347,23 @@ def run(argv=None) -> int:
     try:
         return launch()
     except Stopped as stop:
-        if rank == 0:
-            report(f"stopped by {stop}: " + ("slurm requeued the job; it resumes from the last checkpoint"
-                                             if stop.requeued else f"the last checkpoint is in {args.out_dir}; "
-                                             f"continue with --resume auto (exit code {stop.code})"))
+        if rank != 0:  # rank 0 speaks for the job: srun --kill-on-bad-exit must not kill it before it does
+            return 0
+        report(f"stopped by {stop}: " + ("slurm requeued the job; it resumes from the last checkpoint"
+                                         if stop.requeued else f"the last checkpoint is in {args.out_dir}; "
+                                         f"continue with --resume auto (exit code {stop.code})"))
         return stop.code
     except RankFailure:
+        time.sleep(2)  # the rank that failed reports it: give it the time before srun kills the job
         return 1
     except KeyboardInterrupt:
-        report("error: interrupted twice: stopped without saving")
+        if rank == 0:
+            report("error: interrupted twice: stopped without saving")
         return 130
+    except torch.distributed.DistError as e:
+        report(f"error: a collective failed, another rank has probably died (see its output): {type(e).__name__}: "
+               f"{str(e).strip().splitlines()[0][:200]}")
+        return 1
     except (ValueError, OSError) as e:  # bad input, CheckpointError, a file that cannot be written
         report(f"error: {e}")
         return 1

@@ -74,3 +74,32 @@ class TrainArgs:
     activation_checkpointing: bool = field(default=False, metadata=_h("recompute each block in backward"))
     logger: str = field(default="csv", metadata=_h("metrics.csv is always written; add tensorboard or wandb",
                                                    choices=["csv", "tensorboard", "wandb"]))
+
+    def check(self) -> None:
+        """The checks that need nothing but the flags; raises UsageError with one line."""
+        world = self.devices * self.num_nodes
+        if self.devices < 1 or self.num_nodes < 1:
+            raise UsageError("--devices and --num_nodes must be at least 1")
+        if self.strategy == "single" and world > 1:
+            raise UsageError("--strategy single runs one process; use ddp or fsdp (or auto) for several")
+        if not 0 < self.collective_timeout < 1e6:
+            raise UsageError(f"--collective_timeout must be a positive number of minutes, got "
+                             f"{self.collective_timeout}")
+        for name in ("global_batch_size", "micro_batch_size", "log_interval"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_interval", "save_interval", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name} cannot be negative (0 turns it off), got {getattr(self, name)}")
+        if self.eval_interval and self.eval_iters < 1:
+            raise UsageError(f"--eval_iters must be at least 1 when validating (--eval_interval "
+                             f"{self.eval_interval}), got {self.eval_iters}")
+        if self.global_batch_size % (self.micro_batch_size * world):
+            raise UsageError(f"--global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size x "
+                             f"processes = {self.micro_batch_size} x {world}")
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise UsageError("give exactly one of --max_steps and --max_tokens")
+        if (self.max_steps or 0) < 0 or (self.max_tokens or 0) < 0:
+            raise UsageError("--max_steps and --max_tokens cannot be negative")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise UsageError("--keep_last must be at least 1 (the checkpoint a resume needs)")

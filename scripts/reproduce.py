@@ -3,6 +3,7 @@
     python scripts/reproduce.py list                                  # the experiments, their FLOPs and GPU-hours
     python scripts/reproduce.py operators-1.1b --dry_run              # stages, budgets and the exact commands
     python scripts/reproduce.py small-gpu                             # run it (sbatch if on PATH, else locally)
+    python scripts/reproduce.py smoke --launcher sbatch --partition P # minutes on CPU: check a cluster set-up
     python scripts/reproduce.py scaling-7b --nodes 8 --gpus_per_node 8 --mfu 0.40 --dry_run
     python scripts/reproduce.py write-configs                         # regenerate pretrain/configs/paper/ from RUNS
 
@@ -16,10 +17,15 @@ Stages: train (pretrain/tinyllama.py), grow (`python -m growth grow`) or learn (
 export (a mid-run checkpoint as weights), stages (`python -m growth stages`, gradual stacking), eval (eval/run.py),
 speedup (eval/speedup.py), table (eval/table.py), plot (eval/plot.py). A stage whose output exists is skipped:
 final/training.json at the run's last step, growth.json, the result JSON or report file. Without --dry_run the
-stages are submitted with `sbatch --dependency=afterok:...` when sbatch is on PATH (jobs still queued from an
-earlier call are depended on, not submitted twice), else run here one after the other.
+stages are submitted with `sbatch --dependency=afterok:...` when sbatch is on PATH, else run here one after the
+other (scripts/stage_jobs.py). Rerun the same command after a failure: jobs still queued from an earlier call are
+kept, a failed or cancelled stage is submitted again together with every stage downstream of it (their stale
+jobs, which wait on the dead one for ever, are cancelled). Nothing is submitted unless the data, the tokenizer and
+the disk space for the checkpoints the runs keep are there (--skip_checks to skip the check). --partition,
+--account, --qos and --time go to every job; the exit code of a local run is the failing stage's (128 + N: it was
+stopped by signal N after saving; rerun to resume).
 
-Budgets: FLOPs = lit_gpt.speed_monitor.flops_per_token(config, 2048) x tokens (6 N + 6 L T d per token, what
+Budgets: FLOPs = lit_gpt.speed_monitor.flops_per_token(config, the family's sequence length) x tokens (6 N + 6 L T d per token, what
 metrics.csv and MFU use). A grown run's compute includes its base's, C = C_base + C_grown (paper §5.4). Tokens are
 given in both accountings: the paper's, where a base of d tokens costs d/g target tokens (g = the growth factor in
 non-embedding parameters), and the exact one, C / flops_per_token(target), which is larger because embeddings and

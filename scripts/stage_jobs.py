@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -174,7 +175,17 @@ def make_output_dir(stage: Stage) -> None:
 
 
 def run_locally(stages: List[Stage], gpus: int) -> int:
-    """Runs the unfinished stages in order; the first that fails or is stopped ends the run with its exit code."""
+    """Runs the unfinished stages in order; the first that fails or is stopped ends the run with its exit code.
+    SIGTERM, SIGUSR1 and SIGINT go to the running stage (a training run saves and stops) instead of ending this
+    process and leaving the stage to run on unwatched."""
+    child: List[subprocess.Popen] = []
+
+    def forward(signum, frame) -> None:
+        if child and child[0].poll() is None:
+            child[0].send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, forward)
     for stage in stages:
         if stage.done():
             print(f"done     {stage.id}", flush=True)
@@ -188,11 +199,15 @@ def run_locally(stages: List[Stage], gpus: int) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".tmp")
             with tmp.open("w") as f:
-                code = subprocess.run(argv, cwd=ROOT, env=env, stdout=f).returncode
+                child[:] = [subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f)]
+                code = child[0].wait()
             if code == 0:
                 tmp.replace(out)
+            else:
+                tmp.unlink(missing_ok=True)
         else:
-            code = subprocess.run(argv, cwd=ROOT, env=env).returncode
+            child[:] = [subprocess.Popen(argv, cwd=ROOT, env=env)]
+            code = child[0].wait()
         if code != 0:
             code = code if code > 0 else 128 - code  # killed by a signal
             what = "was stopped after saving a checkpoint" if code > 128 else "failed"
@@ -247,8 +262,12 @@ def _train_args(stage: Stage) -> list:
     from lit_gpt.cli import parse
     from pretrain.train_args import TrainArgs
 
-    if stage.kind == "train":
-        return [parse(TrainArgs, stage.args[1:])]
+    if stage.kind == "train":  # the recipe path is relative to the repository root, where the stage runs
+        args = [str(_rooted(a)) if a.endswith(".yaml") else a for a in stage.args[1:]]
+        try:
+            return [parse(TrainArgs, args)]
+        except SystemExit:
+            raise ValueError(f"{stage.id}: its flags do not parse: {' '.join(stage.args)}") from None
     recipe = yaml.safe_load(_rooted(stage.args[0]).read_text()) or {}
     shared = recipe.get("train") or {}
     return [TrainArgs(**{**shared, **{k: v for k, v in s.items() if k not in ("name", "grow")}})
@@ -262,7 +281,9 @@ def _data_problems(args) -> List[str]:
     train = _rooted(args.train_data_dir)
     for prefix in args.data_prefixes:
         if not list(train.glob(f"{prefix}*.bin")):
-            problems.append(f"no {prefix}*.bin files in {args.train_data_dir}: prepare the data first (README, Data)")
+            how = ("python scripts/prepare_sample_data.py --out data/sample" if "data/sample" in args.train_data_dir
+                   else "scripts/prepare_slimpajama.py, README \"Data\"")
+            problems.append(f"no {prefix}*.bin files in {args.train_data_dir}: prepare the data first ({how})")
     val = args.val_data_dir or args.train_data_dir
     if args.eval_interval and not list(_rooted(val).glob(f"{args.val_prefix}*.bin")):
         problems.append(f"no {args.val_prefix}*.bin files in {val}: prepare the validation split first")

@@ -92,9 +92,10 @@ def finish(proc, timeout=120):
 
 
 @pytest.mark.parametrize("sig,code,group,devices", [(signal.SIGTERM, 143, False, 2), (signal.SIGINT, 130, True, 2),
-                                                    (signal.SIGUSR1, 138, False, 1)])
+                                                    (signal.SIGINT, 130, False, 2), (signal.SIGUSR1, 138, False, 1)])
 def test_a_stop_saves_and_is_not_a_success(data_dir, tmp_path, sig, code, group, devices):  # noqa: F811
-    """SIGTERM to the launcher, Ctrl-C (SIGINT to the terminal's whole process group), SIGUSR1 outside slurm:
+    """SIGTERM to the launcher, Ctrl-C (SIGINT to the terminal's whole process group: every rank gets it twice,
+    once forwarded by the launcher, and counts it once), SIGINT to the launcher alone, SIGUSR1 outside slurm:
     every rank saves the step it reached and the run exits 128 + signal, so `afterok` chains stop."""
     proc = start(data_dir, tmp_path, "--devices", devices, "--save_interval", 4)
     wait_for(proc, tmp_path / "step-00000004" / "meta.json")
@@ -109,21 +110,41 @@ def test_a_stop_saves_and_is_not_a_success(data_dir, tmp_path, sig, code, group,
     assert err.count("stopped by") == 1  # rank 0 speaks for the job
 
 
-def test_a_frozen_rank_ends_the_run_with_one_line_per_waiting_rank(data_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("frozen", [1, 0])
+def test_a_frozen_rank_ends_the_run_with_one_line_per_waiting_rank(data_dir, tmp_path, frozen):  # noqa: F811
     """A rank that stops answering (SIGSTOP: a frozen node) would hold the others in a collective until the job's
-    time limit; with --collective_timeout they exit 124 naming themselves and the phase."""
+    time limit; with --collective_timeout they exit 124 naming themselves and the phase, and the launcher ends
+    the frozen one whichever rank it is."""
     proc = start(data_dir, tmp_path, "--devices", 2, "--save_interval", 3, "--collective_timeout", 0.1)
     wait_for(proc, tmp_path / "step-00000003" / "meta.json")
-    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    ranks = sorted(subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split(),
+                   key=int)  # started in rank order
     assert len(ranks) == 2
-    os.kill(int(ranks[1]), signal.SIGSTOP)
+    os.kill(int(ranks[frozen]), signal.SIGSTOP)
     start_wait = time.time()
     out, err = finish(proc)
     assert proc.returncode == 124, err[-3000:]
     assert time.time() - start_wait < 60
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: rank 0 of 2: step ")
+    assert len(errors) == 1 and errors[0].startswith(f"error: rank {1 - frozen} of 2: step ")
     assert "--collective_timeout" in errors[0]
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_every_rank_with_one_line(data_dir, tmp_path):  # noqa: F811
+    """Writes past 100 kB fail (RLIMIT_FSIZE, EFBIG): a checkpoint shard does, metrics.csv does not. DCP raises on
+    every rank; the job ends with one line, exit 1, and no temporary checkpoint directory left behind."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    flags = args_for(data_dir, tmp_path, "--max_steps", 4, "--eval_interval", 0, "--save_interval", 2,
+                     "--devices", 2)
+    result = run_group([sys.executable, str(SCRIPT), *flags], TIMEOUT, preexec_fn=limit)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "could not save step 2" in errors[0] and "Traceback" not in result.stderr, errors
+    assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob("step-*"))
 
 
 def test_a_failure_on_rank_zero_alone_stops_every_rank(data_dir, tmp_path):  # noqa: F811

@@ -96,3 +96,16 @@ def test_slurm_layout_must_match_devices_and_nodes(monkeypatch, env, devices, no
     check_slurm_layout(int(env["SLURM_NTASKS_PER_NODE"]), int(env["SLURM_NNODES"]))
     monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # Lightning's escape hatch: not a slurm launch
     check_slurm_layout(devices, nodes)
+
+
+def test_a_job_named_interactive_with_several_tasks_is_refused(monkeypatch):
+    """Lightning ignores slurm for jobs named 'interactive' or 'bash' (salloc shells); under srun with several
+    tasks each task would then start a run of its own on the same out_dir."""
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ValueError, match="runs 2 tasks.*rename the job"):
+        check_slurm_layout(2, 1)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # srun --pty bash in an allocation: our launcher starts ranks
+    check_slurm_layout(2, 1)

@@ -134,10 +134,7 @@ def test_fsdp_two_processes_resume_on_two_and_one(data_dir, tmp_path):
         # the same global batches in the same order; only the reduction order of gradients differs
         assert float(rows[3]["train_loss"]) == pytest.approx(float(reference[3]["train_loss"]), abs=1e-5)
         assert float(rows[4]["train_loss"]) == pytest.approx(float(reference[4]["train_loss"]), abs=1e-5)
-    train(data_dir, tmp_path / "ddp", "--max_steps", 2, "--eval_interval", 0, "--devices", 2, "--strategy", "ddp")
-    ddp = metrics(tmp_path / "ddp")
-    assert [float(ddp[s]["train_loss"]) for s in (1, 2)] == pytest.approx(
-        [float(reference[s]["train_loss"]) for s in (1, 2)], abs=1e-5)
+    # DDP against FSDP and one process, for 2 to 4 processes: tests/test_distributed.py
 
 
 def test_grown_model_continues_base_flops(data_dir, tmp_path):
@@ -194,3 +191,21 @@ def test_bad_input(data_dir, tmp_path):
     assert_refused(train(data_dir, tmp_path / "o", "--max_steps", 4, "--model_name", other,
                          "--initial_checkpoint", tmp_path / "run" / "final", check=False), "do not match the config")
     assert_refused(train(data_dir, tmp_path / "o", *model, "--global_batch_size", 7, check=False), "multiple")
+
+
+@pytest.mark.parametrize("flags,words", [
+    (dict(micro_batch_size=0), "--micro_batch_size must be at least 1"),
+    (dict(global_batch_size=0), "--global_batch_size must be at least 1"),
+    (dict(log_interval=0), "--log_interval must be at least 1"),
+    (dict(eval_iters=0), "--eval_iters must be at least 1"),
+    (dict(save_interval=-1), "--save_interval cannot be negative"),
+    (dict(collective_timeout=float("inf")), "--collective_timeout must be a positive"),
+    (dict(collective_timeout=float("nan")), "--collective_timeout must be a positive"),
+    (dict(devices=0), "--devices and --num_nodes"),
+    (dict(devices=2, strategy="single"), "--strategy single"),
+])
+def test_flags_are_checked_before_any_work(flags, words):
+    from pretrain.train_args import TrainArgs, UsageError
+
+    with pytest.raises(UsageError, match=words.replace("-", "\\-")):
+        TrainArgs(**{"max_steps": 1, "global_batch_size": 8, "micro_batch_size": 2, **flags}).check()

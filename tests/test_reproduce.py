@@ -6,9 +6,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -440,3 +442,33 @@ def test_gpu_check_dry_run_lists_its_four_checks():
     names = re.findall(r"^\[(\w+)\]", result.stdout, re.M)
     assert names == ["kernels", "model_step", "tiny_LLaMA_1b", "grow_continue"]
     assert "--device cuda --dtype bfloat16" in result.stdout and "--max_steps 30" in result.stdout
+
+
+def test_runs_from_any_directory(tmp_path):
+    """Recipes and data paths are the repository's: the checks read them from there, not from the caller's
+    directory."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce.py"), "smoke", "--dry_run",
+                             "--launcher", "local", "--out_dir", str(tmp_path / "out")], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "usage:" not in result.stderr, result.stderr[-2000:]
+
+
+def test_a_signal_to_the_local_runner_reaches_the_running_stage(tmp_path):
+    """SIGTERM to `reproduce.py` (run locally) is passed to the stage, which saves and stops (here: writes a file
+    and exits 143); the runner ends with the stage's code instead of leaving it to run on unwatched."""
+    stage = ("import signal, sys, time, pathlib\n"
+             "def stop(s, f):\n    pathlib.Path(sys.argv[1]).write_text('saved'); sys.exit(143)\n"
+             "signal.signal(signal.SIGTERM, stop)\npathlib.Path(sys.argv[2]).touch()\ntime.sleep(60)\n")
+    program = (f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import stage_jobs\n"
+               f"s = stage_jobs.Stage('train:x', 'speedup', ['-c', {stage!r}, {str(tmp_path / 'saved')!r}, "
+               f"{str(tmp_path / 'started')!r}], stage_jobs.Path({str(tmp_path / 'done')!r}))\n"
+               "sys.exit(stage_jobs.run_locally([s], 1))\n")
+    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not (tmp_path / "started").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and (tmp_path / "saved").read_text() == "saved"
+    assert "was stopped after saving a checkpoint (exit 143)" in err
