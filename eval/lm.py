@@ -17,7 +17,10 @@ scripts/convert_lit_checkpoint.py, because every choice that decides them is mad
   - rolling log-likelihoods use disjoint windows of block_size predicted tokens, each with maximal context;
   - greedy generation stops at EOS or at the first stop sequence, which is cut from the text.
 What differs is speed: inputs that are a prefix of another input are not run again, and the output head
-and log-softmax are computed only at the positions that are scored.
+and log-softmax are computed only at the positions that are scored. One request differs in result: when a
+token spans the join of context and continuation ("The Ente" + "r" -> "▁Enter"), the joint split leaves the
+continuation no tokens; we score its own tokens, encoded apart (`LitGPTLM._encode_pair`), where lm-eval
+0.4's `hf` backend stops with `AssertionError: len(continuation_enc) > 0`.
 """
 
 import json
@@ -278,10 +281,26 @@ class LitGPTLM(TemplateLM):
     def tok_decode(self, tokens: Sequence[int]) -> str:
         return self.tok.decode(tokens)
 
+    def _encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
+        """TemplateLM's split of the joint encoding, unless a token spans the join ("The Ente" + "r" encodes as
+        "▁The ▁Enter"): cutting at the context's length then leaves the continuation no tokens, which would
+        score log-likelihood 0 (probability 1) and win every multiple choice. Such a continuation is encoded
+        apart from the context, the fix lm-eval PR #4055 proposes."""
+        context_enc, continuation_enc = super()._encode_pair(context, continuation)
+        if continuation_enc or not continuation:
+            return context_enc, continuation_enc
+        moved = context[len(context.rstrip()):] + continuation  # TemplateLM moves trailing whitespace over too
+        return context_enc, self.tok_encode(moved, add_special_tokens=False)
+
     # ------------------------------------------------------------------ scoring
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> List[Tuple[float, bool]]:
         """requests: ((context, continuation) or None, context tokens, continuation tokens) ->
-        (sum of the continuation's log-probabilities, whether greedy decoding reproduces it)."""
+        (sum of the continuation's log-probabilities, whether greedy decoding reproduces it).
+
+        Raises:
+            ValueError: a non-empty continuation without tokens (one the tokenizer encodes to nothing even on
+                its own), which no log-likelihood describes; an empty one scores 0.0.
+        """
         n = len(requests)
         results: List[Optional[Tuple[float, bool]]] = [None] * n
         inputs: List[Tuple[int, ...]] = []
@@ -294,6 +313,10 @@ class LitGPTLM(TemplateLM):
             inputs.append(tuple(whole[:-1]))
             conts.append(list(continuation_enc))
             if not continuation_enc:
+                text = requests[i][0][1] if requests[i][0] is not None else ""
+                if text:
+                    raise ValueError(f"the continuation {text!r} encodes to no tokens of its own; it cannot be "
+                                     "scored (fix the task's text or its tokenizer)")
                 results[i] = (0.0, True)
         live = [i for i in range(n) if results[i] is None]
 

@@ -6,16 +6,16 @@ The token axis is scratch-equivalent tokens (FLOPs / the run's FLOPs per token),
 curve starts at its base model's cost (2.5B for d = 10B and g = 4, reference stacking-paper.md §5.4), not at 0.
 """
 
-import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__:
     from .speedup import LOSS_COLUMNS, UsageError, losses, read_metrics, scratch_equivalent_tokens
-else:  # run as a script: eval/ is sys.path[0]
+else:  # run as a script: eval/ is sys.path[0]; speedup puts the repository root on it
     from speedup import LOSS_COLUMNS, UsageError, losses, read_metrics, scratch_equivalent_tokens
+
+from lit_gpt.cli import ArgumentParser  # noqa: E402
+from lit_gpt.files import atomic_file, check_writable_target, os_error_line  # noqa: E402
 
 AXES = {"tokens": "tokens (scratch-equivalent)", "flops": "training FLOPs (base model included)"}
 
@@ -57,26 +57,15 @@ def plot(runs, out: Path, x: str = "tokens", y: str = "val_loss", labels=None, l
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
     try:  # a reader never sees a half-written PNG
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 1, like every other bad input
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
 
 
 def main(argv=None) -> None:
-    p = Parser(description="Plot loss curves of runs (one line each) from their metrics.csv to a PNG.")
+    p = ArgumentParser(description="Plot loss curves of runs (one line each) from their metrics.csv to a PNG.")
     p.add_argument("runs", nargs="+", help="run directories (or their metrics.csv files)")
     p.add_argument("--x", default="tokens", choices=sorted(AXES),
                    help="x axis: tokens (scratch-equivalent; default) or flops (cumulative, base model included)")
@@ -86,14 +75,16 @@ def main(argv=None) -> None:
     p.add_argument("--smooth", type=int, default=1, help="trailing mean over this many logged points (default 1)")
     p.add_argument("--title", default="", help="plot title")
     p.add_argument("--out", required=True, help="PNG file to write (atomically)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)
     try:
         if args.smooth < 1:
             raise UsageError("--smooth must be at least 1")
         labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+        check_writable_target(args.out, args.force)
         plot(args.runs, Path(args.out), args.x, args.y, labels, args.logx, args.smooth, args.title)
-    except (UsageError, ImportError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, ImportError, OSError) as e:  # UsageError is a ValueError
+        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {args.out}")
 

@@ -1,8 +1,8 @@
 """Evaluate a lit_gpt checkpoint with lm-eval-harness and write one JSON file of results.
 
-    python eval/run.py --checkpoint out/demo/base/final --tasks sample --out out/demo/eval/base.json
-    python eval/run.py --checkpoint out/run/final --tasks paper --device cuda --dtype bfloat16 --out run.json
-    python eval/run.py --checkpoint out/run/final --tasks sample --backend hf --out run-hf.json   # cross-check
+    python eval/run.py --checkpoint_dir out/demo/base/final --tasks sample --out out/demo/eval/base.json
+    python eval/run.py --checkpoint_dir out/run/final --tasks paper --device cuda --dtype bfloat16 --out run.json
+    python eval/run.py --checkpoint_dir out/run/final --tasks sample --backend hf --out run-hf.json   # cross-check
 
 --tasks takes lm-eval task, group or tag names separated by commas, and `paper` for the paper's suite
 (lambada_openai, arc_challenge, arc_easy, logiqa, piqa, sciq, winogrande, wikitext). The offline sample
@@ -18,8 +18,10 @@ The output (read by eval/table.py):
     {"checkpoint", "name", "config", "backend", "tasks", "num_fewshot", "limit",
      "results": simple_evaluate(...)["results"], "growth": growth.json or null,
      "training": {"tokens", "flops", "step"} from training.json (nulls when absent)}
-written atomically. A missing checkpoint, a checkpoint without tokenizer, an unknown task or a bad
-argument is reported as one `error:` line with exit code 1, and nothing is written.
+written atomically (honouring the umask). An existing --out is replaced only with --force. A missing
+checkpoint, a checkpoint without tokenizer or with another tokenizer than its training.json records, an
+unknown task, an --out that cannot be written or a bad argument is reported as one `error:` line with exit
+code 1, before the evaluation starts, and nothing is written.
 """
 
 import argparse
@@ -41,6 +43,9 @@ for path in (str(ROOT), str(EVAL_DIR)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
+from lit_gpt.data_record import check_checkpoint_tokenizer  # noqa: E402
+from lit_gpt.files import atomic_file, check_writable_target  # noqa: E402
 from lit_gpt.utils import exit_code  # noqa: E402
 
 PAPER_TASKS = ["lambada_openai", "arc_challenge", "arc_easy", "logiqa", "piqa", "sciq", "winogrande", "wikitext"]
@@ -168,17 +173,40 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def check_output(path: Path, force: bool) -> None:
+    """Fails now rather than after the evaluation: `path` exists (without `force`), is a directory, or its
+    nearest existing folder is not a directory or cannot be written (tried with an unnamed temporary file).
+
+    Raises:
+        ValueError: naming --out and the fix.
+    """
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a directory; give a file path")
+    check_writable_target(path, force, "--force")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {path}: {folder} is a file, not a directory; choose another path")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {path}: cannot write in {folder}: {e.strerror or e}; choose another path") from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Writes `data` to `path` atomically (lit_gpt.files.atomic_file).
+
+    Raises:
+        OSError: the write failed (a full disk): names `path`; nothing is left behind.
+    """
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    try:
+        with atomic_file(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise OSError(e.errno, f"writing failed: {e.strerror or e}", str(path)) from None
 
 
 class _DropNoise(logging.Filter):
@@ -203,7 +231,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
         if not p.is_dir():
             raise FileNotFoundError(f"--include_path {p} is not a directory")
         include_paths.append(p.resolve())
-    checkpoint = args.checkpoint.resolve()
+    checkpoint = args.checkpoint_dir.resolve()
     if checkpoint.is_file():  # the weights file itself: its folder holds the rest
         checkpoint = checkpoint.parent
     if args.device == "cuda":
@@ -215,6 +243,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     from lm import EvalTokenizer, LitGPTLM, checkpoint_info
 
     info = checkpoint_info(checkpoint)  # missing checkpoint, config or tokenizer: one line, before any work
+    check_checkpoint_tokenizer(checkpoint)
 
     import lm_eval
 
@@ -252,17 +281,15 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
-    out = args.out
-    if out.exists() and out.is_dir():
-        raise ValueError(f"--out {out} is a directory; give a file path")
+    check_output(args.out, args.force)
     data = evaluate(args)
-    write_atomic(out, data)
-    print(f"wrote {out}", file=sys.stderr)
+    write_json(args.out, data)
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True,
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint_dir", "--checkpoint", type=Path, required=True,
                    help="checkpoint directory: lit_model.pth or lit_model.safetensors, lit_config.json and the "
                         "tokenizer files; growth.json and training.json are copied into the output when present")
     p.add_argument("--tasks", required=True,
@@ -286,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples for the stderr of perplexity metrics (default 1000; lm-eval's CLI uses "
                         "100000; 0 skips stderrs)")
     p.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     return p
 
 

@@ -1,6 +1,6 @@
 """Speedup of a grown run over a scratch run at equal loss, from their metrics.csv files (paper §5.4).
 
-    python eval/speedup.py --scratch out/scratch --grown out/gstack [--at-loss 2.45] [--column val_loss]
+    python eval/speedup.py --scratch out/scratch --grown out/gstack [--at_loss 2.45] [--column val_loss]
 
 speedup = FLOPs_scratch(L) / FLOPs_grown(L) - 1, where FLOPs_run(L) is the compute at which the run's loss first
 reaches L, linearly interpolated between logged points. The grown run's `flops` column already starts at the
@@ -11,12 +11,17 @@ scratch run's best, i.e. "how much sooner does the grown run get to where scratc
 headline is this measure at 300B scratch tokens).
 """
 
-import argparse
 import csv
 import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: lit_gpt is imported from the repository root
+    sys.path.insert(0, str(ROOT))
+
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 
 REQUIRED = ("step", "tokens", "flops")
 LOSS_COLUMNS = ("val_loss", "train_loss")
@@ -140,22 +145,16 @@ def format_report(res: dict, dirs: Dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 1, like every other bad input
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
-
-
 def main(argv=None) -> None:
-    p = Parser(description="FLOPs each run needs to first reach a loss, and the paper's speedup "
+    p = ArgumentParser(description="FLOPs each run needs to first reach a loss, and the paper's speedup "
                            "FLOPs_scratch / FLOPs_grown - 1 (reference stacking-paper.md §5.4).")
     p.add_argument("--scratch", required=True, help="run directory (or its metrics.csv) trained from scratch")
     p.add_argument("--grown", required=True, help="run directory (or its metrics.csv) started from a grown model")
-    p.add_argument("--at-loss", type=float, help="the loss L to compare at (default: the lowest loss both reach)")
+    p.add_argument("--at_loss", type=float, help="the loss L to compare at (default: the lowest loss both reach)")
     p.add_argument("--column", default="val_loss", choices=LOSS_COLUMNS, help="loss column (default val_loss)")
     p.add_argument("--smooth", type=int, default=1, help="trailing mean over this many logged points before "
                                                          "finding L, for noisy train_loss (default 1: raw)")
-    p.add_argument("--add-base-flops", type=float, default=0.0,
+    p.add_argument("--add_base_flops", type=float, default=0.0,
                    help="FLOPs to add to the grown run, for runs whose metrics.csv lacks the base model's cost")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     args = p.parse_args(argv)
@@ -171,7 +170,7 @@ def main(argv=None) -> None:
         sys.exit(1)
     if len(grown) > 1 and res["grown"]["base_flops"] <= 1e-6 * grown[-1]["flops"]:
         print(f"warning: {args.grown}: FLOPs start at 0, so the base model's cost is not counted "
-              "(see --add-base-flops)", file=sys.stderr)
+              "(see --add_base_flops)", file=sys.stderr)
     print(json.dumps(res, indent=2) if args.json else format_report(res, {"scratch": args.scratch,
                                                                           "grown": args.grown}))
 

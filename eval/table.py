@@ -9,17 +9,21 @@ word perplexity. Tasks outside the table's set (e.g. the offline sample tasks) f
 Paper columns show the paper's printed values, its Avg included, so its rounding and typos stay visible.
 """
 
-import argparse
 import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: lit_gpt is imported from the repository root
+    sys.path.insert(0, str(ROOT))
+
+from lit_gpt.cli import ArgumentParser  # noqa: E402
+from lit_gpt.files import check_writable_target, os_error_line, write_text  # noqa: E402
 
 PAPER_FILE = Path(__file__).resolve().parent / "paper_numbers.json"
 
@@ -88,7 +92,7 @@ def build_table(results: List[dict], paper: Optional[str] = None,
     if paper_columns:
         missing = [c for c in paper_columns if c not in columns]
         if missing:
-            raise UsageError(f"--paper-columns: {', '.join(missing)} not in {paper}; known: {', '.join(columns)}")
+            raise UsageError(f"--paper_columns: {', '.join(missing)} not in {paper}; known: {', '.join(columns)}")
         columns = {c: columns[c] for c in paper_columns}
     ours, keys = len(results), spec["tasks"]
     rows = [Row("model", "Metric", [column_name(r) for r in results] + [f"paper: {c}" for c in columns], "{}")]
@@ -155,46 +159,34 @@ def load_result(path: str) -> dict:
     return data
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 1, like every other bad input
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
-
-
 def main(argv=None) -> None:
-    p = Parser(description="Print the paper's evaluation table (rows: metrics, columns: models) for eval/run.py "
+    p = ArgumentParser(description="Print the paper's evaluation table (rows: metrics, columns: models) for eval/run.py "
                            "result files, optionally with the paper's reported numbers beside them.")
     p.add_argument("results", nargs="*", help="result JSON files written by eval/run.py, one column each")
     p.add_argument("--paper", help="add the paper's numbers of this table as 'paper: NAME' columns and use its "
                                    "task set: fig3 (operator grid, 1.1B), tab3 (1B open models), tab6 (7B, ten tasks)")
-    p.add_argument("--paper-columns", help="comma-separated subset of the paper's columns, e.g. G_stack,scratch")
+    p.add_argument("--paper_columns", help="comma-separated subset of the paper's columns, e.g. G_stack,scratch")
     p.add_argument("--format", default="markdown", help="markdown (default) or csv")
     p.add_argument("--out", help="write the table to this file (atomically) instead of stdout")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)
     try:
         if not args.results and not args.paper:
             raise UsageError("give result files, --paper, or both")
         if args.paper_columns and not args.paper:
-            raise UsageError("--paper-columns needs --paper")
+            raise UsageError("--paper_columns needs --paper")
         results = [load_result(f) for f in args.results]
         cols = [c.strip() for c in args.paper_columns.split(",")] if args.paper_columns else None
         text = format_table(build_table(results, args.paper, cols), args.format)
         if args.paper and args.format == "markdown":
             text = f"{load_paper(args.paper)['title']}\n\n{text}"
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.out:
+            check_writable_target(args.out, args.force)
+            write_text(args.out, text)
+    except (UsageError, ValueError, OSError) as e:
+        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         sys.exit(1)
-    if args.out:
-        write_atomic(Path(args.out), text)
-    else:
+    if not args.out:
         sys.stdout.write(text)
 
 

@@ -1,6 +1,5 @@
 """`python -m growth grow`: read a base checkpoint, apply an operator, write the grown model and growth.json."""
 
-import argparse
 from pathlib import Path
 from typing import Optional
 
@@ -8,11 +7,13 @@ import torch
 
 from growth.io import load_source, write_grown
 from growth.layers import connection_rate, resolve
-from growth.operators import (DEPTH_OPERATORS, check_noise, map_moments, noise_tensor, random_depth,
-                              random_depth_masked_layers)
+from growth.operators import (DEPTH_OPERATORS, check_no_shrink, check_noise, map_moments, noise_tensor,
+                              random_depth, random_depth_masked_layers)
 from growth.width import WIDTH_OPERATORS, random_width_masks
 from lit_gpt.checkpoint import consolidate_optimizer
+from lit_gpt.cli import ArgumentParser
 from lit_gpt.config import Config
+from lit_gpt.files import check_writable_target
 
 
 OPERATORS = sorted([*DEPTH_OPERATORS, "random-depth", *WIDTH_OPERATORS])
@@ -30,9 +31,9 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
         raise ValueError(f"{op} grows the width and keeps the depth; --layers and --carry_optimizer do not apply")
     check_noise(noise)
     tgt = Config.load(target)
-    if out.exists() and any(out.iterdir()) and not force:  # before any reading: it may take minutes
-        raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
+    check_writable_target(out, force, inputs={"--src": src}, what=f"--out_dir {out}")  # before the reading
     source = load_source(src, src_config)
+    check_no_shrink(source.config, tgt)
     moments = None
     if carry_optimizer:
         if not (source.path / "meta.json").is_file():
@@ -80,7 +81,7 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
 def main(argv=None) -> int:
     from lit_gpt.utils import exit_code
 
-    p = argparse.ArgumentParser(prog="python -m growth grow", description=__doc__)
+    p = ArgumentParser(prog="python -m growth grow", description=__doc__)
     p.add_argument("--src", type=Path, required=True, help="base checkpoint: a directory with lit_model.pth and "
                    "lit_config.json, such a file, an upstream iter-*-ckpt.pth, or a training checkpoint step-*/")
     p.add_argument("--target", required=True, help="target config: a name (e.g. 24L2048H) or a lit_config.json")
@@ -91,8 +92,9 @@ def main(argv=None) -> int:
                    help="direct-width: fan-in split of duplicated units, 1/(c+1) each or LEMON's uneven (default even)")
     p.add_argument("--noise", type=float, default=0.0, help="alpha of W <- (1-alpha) W + alpha eps (default 0)")
     p.add_argument("--seed", type=int, default=3407, help="seed of the noise (default 3407)")
-    p.add_argument("--out", type=Path, required=True, help="output directory (refused if not empty, see --force)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--out_dir", "--out", type=Path, required=True,
+                   help="output directory (refused if not empty, see --force)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out_dir")
     p.add_argument("--src_config", default=None, help="the source's config when no lit_config.json is beside it")
     p.add_argument("--safetensors", action="store_true", help="write lit_model.safetensors instead of .pth")
     p.add_argument("--carry_optimizer", action="store_true", help="also map the source's AdamW moments through the "
@@ -101,10 +103,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def run() -> None:
-        record = grow(args.src, args.target, args.op, args.out, args.layers, args.noise, args.seed, args.force,
+        record = grow(args.src, args.target, args.op, args.out_dir, args.layers, args.noise, args.seed, args.force,
                       args.src_config, args.safetensors, args.carry_optimizer, args.split)
         rate = record["connection_rate"]
         print(f"grew {record['source']['config']} -> {record['target']} with {record['operator']}"
-              + (f": R_c = {rate:.1%}" if rate is not None else "") + f"; wrote {args.out}")
+              + (f": R_c = {rate:.1%}" if rate is not None else "") + f"; wrote {args.out_dir}")
 
     return exit_code(run)

@@ -3,18 +3,18 @@
 import hashlib
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from tqdm import tqdm
 
 from growth.writers import Transform, write_pth, write_safetensors
-from lit_gpt.checkpoint import check_masks_settled, consolidate
+from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, naming_target
 from lit_gpt.config import Config
 from lit_gpt.convert import expected_shapes
+from lit_gpt.files import atomic_dir, check_writable_target, save_torch
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict
 
@@ -33,11 +33,16 @@ class Source:
 
 
 def load_source(src: Path, config_name: Optional[str] = None) -> Source:
-    """A weights-only directory or file, an upstream `iter-*-ckpt.pth`, or a training checkpoint `step-*/`."""
+    """A weights-only directory or file, an upstream `iter-*-ckpt.pth`, or a training checkpoint `step-*/`.
+
+    Raises:
+        CheckpointError: `src` is missing, damaged (a training checkpoint's files, `check_intact`, found before
+            anything is loaded) or does not hold the weights of its config.
+    """
     if not src.exists():
         raise CheckpointError(f"source checkpoint not found: {src}")
     if src.is_dir() and (src / "meta.json").is_file():  # our training checkpoint (sharded or not)
-        meta = json.loads((src / "meta.json").read_text())
+        meta = check_intact(src)
         config = Config.load(config_name) if config_name else Config.from_json(src / "lit_config.json")
         state = consolidate(src)
         check_masks_settled(src)
@@ -85,29 +90,43 @@ def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, recor
                 source: Source, force: bool, safetensors: bool = False, extra: Optional[Dict[str, Any]] = None,
                 transform: Optional[Transform] = None) -> None:
     """Writes lit_model.pth (or .safetensors), lit_config.json, growth.json, the `extra` files and the
-    source's tokenizer files into a temporary directory beside `out`, then renames it into place.
+    source's tokenizer files into a temporary directory beside `out`, then renames it into place
+    (`lit_gpt.files.atomic_dir`: the umask applies, a failed write leaves `out` as it was).
 
     The weights stream tensor by tensor (growth.writers), each passed through `transform(key, tensor)`
-    first when given (the noise of --noise), so `state` may hold views of the source and broadcast zeros."""
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
+    first when given (the noise of --noise), so `state` may hold views of the source and broadcast zeros.
+
+    Raises:
+        ValueError: `out` exists and is not empty and not `force`, or `state` does not match `config`.
+        OSError: a write failed (a full disk, a path below a regular file); the message names the path.
+    """
+    check_writable_target(out, force)
     check_state_dict(state, expected_shapes(config), "grown model")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp, naming_target(tmp, out):
         total = sum(t.numel() * t.element_size() for t in state.values())
         with tqdm(total=total, unit="B", unit_scale=True, desc="writing", leave=False) as bar:
             writer, name = (write_safetensors, "lit_model.safetensors") if safetensors else (write_pth, "lit_model.pth")
-            writer(tmp / name, state, transform, bar.update)
+            _write_weights(writer, tmp / name, state, transform, bar.update)
         config.to_json(tmp / "lit_config.json")
         (tmp / "growth.json").write_text(json.dumps(record, indent=2) + "\n")
         for name, obj in (extra or {}).items():
-            torch.save(obj, tmp / name)
+            save_torch(obj, tmp / name)
         for name in TOKENIZER_FILES if source.directory else ():
             if (source.directory / name).is_file():
                 shutil.copy2(source.directory / name, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_weights(writer: Callable[..., None], path: Path, *args: Any) -> None:
+    """`writer(path, *args)` with a failed write as an OSError that names `path`.
+
+    Raises:
+        OSError: the write failed. torch's zip writer (the .pth skeleton) reports a full disk as a RuntimeError
+            ("unexpected pos 67008 vs 66896") and a plain write's OSError names no file.
+    """
+    try:
+        writer(path, *args)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, OSError) and e.filename is not None:
+            raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:160]
+        raise OSError(f"{path}: write failed (disk full or file size limit?): {reason}") from None

@@ -32,9 +32,10 @@ bases over 9 layers, where the general form '(1-12)' is meant).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import List, Optional, Sequence, Tuple
+
+from lit_gpt.cli import ArgumentParser
 
 PRESETS = ("cyclic", "interleave", "solar:K", "top", "middle")
 MAX_LAYERS = 100_000  # refuse specs that expand beyond this (e.g. '(1-9)*99999999')
@@ -329,19 +330,10 @@ def describe(index_map: Sequence[int], base_layers: int) -> str:
     ])
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one `error:` line and status 1, like every other bad input
-        raise _UsageError(f"{message} (see python -m growth layers --help)")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m growth layers SPEC --base L [--target N]`: prints describe(...) and returns 0, or one
     `error:` line on stderr and 1."""
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m growth layers",
         description="Show the layer index map of a depth-growth spec, its notation and connection rate R_c.",
         epilog="SPEC is a preset (cyclic, interleave, solar:K, top, middle; these need --target), the paper's "
@@ -355,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         index_map = resolve(args.spec, args.base, args.target)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
-    except (ValueError, _UsageError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(describe(index_map, args.base))

@@ -39,7 +39,6 @@ The hypernetworks' state_dict() holds only the learnable matrices (the source is
 sha256), which the command saves as hypernet.pth.
 """
 
-import argparse
 import math
 import random
 from pathlib import Path
@@ -49,9 +48,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from growth.operators import State, check_map, check_same_width, split_layers
+from lit_gpt.cli import ArgumentParser
+from growth.operators import State, check_map, check_no_shrink, check_same_width, split_layers
 from growth.width import check_source_state, tensor_spec, check_width_growth
 from lit_gpt.config import Config
+from lit_gpt.files import check_writable_target
 from lit_gpt.fused_cross_entropy import FusedCrossEntropyLoss
 from lit_gpt.fused_rotary_embedding import build_rope_cache
 from lit_gpt.model import GPT, fuse_qkv, split_qkv
@@ -317,10 +318,11 @@ def learn(src: Path, target: str, op: str, data: Path, out: Path, steps: int = 1
 
     _check_args(op, steps, lr, micro_batch_size, layers)
     tgt = Config.load(target)
-    if out.exists() and any(out.iterdir()) and not force:  # before any reading: it may take minutes
-        raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
+    check_writable_target(out, force, inputs={"--src": src, "--train_data_dir": data},
+                          what=f"--out_dir {out}")  # before the reading, which may take minutes
     train_files(data)
     source = load_source(src, src_config)
+    check_no_shrink(source.config, tgt)
     if tgt.padded_vocab_size != source.config.padded_vocab_size:
         raise ValueError(f"the target {tgt.name} has {tgt.padded_vocab_size} vocabulary rows, the source "
                          f"{source.config.padded_vocab_size}: growth keeps the vocabulary")
@@ -351,8 +353,8 @@ def learn(src: Path, target: str, op: str, data: Path, out: Path, steps: int = 1
     return record
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m growth learn", description="Grow a checkpoint with a learned "
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m growth learn", description="Grow a checkpoint with a learned "
                                 "(LiGO-style) operator, G_learn: fit the operator's matrices on the LM loss of the "
                                 "target for --steps, then write the materialised target model and growth.json.")
     p.add_argument("--src", type=Path, required=True, help="base checkpoint: a directory with lit_model.pth and "
@@ -361,9 +363,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--op", required=True, help="learn-depth: mix the source layers into "
                    "more layers (width kept, init = G_stack); learn-width: widen every tensor (depth kept, "
                    "head_size and query heads per key/value group kept)")
-    p.add_argument("--data", type=Path, required=True, help="packed data directory with train_*.bin files (and "
+    p.add_argument("--train_data_dir", "--data", type=Path, required=True, help="packed data directory with train_*.bin files (and "
                    "optionally validation*.bin, for the before/after loss)")
-    p.add_argument("--out", type=Path, required=True, help="output directory (refused if not empty, see --force)")
+    p.add_argument("--out_dir", "--out", type=Path, required=True,
+                   help="output directory (refused if not empty, see --force)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps of the fit (default 100; 0 writes the "
                    "init, which for learn-depth is G_stack)")
     p.add_argument("--layers", default=None, help="learn-depth only: the init's layer map, cyclic (default), "
@@ -374,7 +377,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=3407, help="seed of the width init and of the data order "
                    "(default 3407)")
     p.add_argument("--device", default=None, help="where to fit, e.g. cpu or cuda (default: cuda if available)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out_dir")
     p.add_argument("--src_config", default=None, help="the source's config when no lit_config.json is beside it")
     p.add_argument("--safetensors", action="store_true", help="write lit_model.safetensors instead of .pth")
     return p
@@ -386,12 +389,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
 
     def run() -> None:
-        r = learn(args.src, args.target, args.op, args.data, args.out, args.steps, args.layers, args.lr,
+        r = learn(args.src, args.target, args.op, args.train_data_dir, args.out_dir, args.steps, args.layers, args.lr,
                   args.micro_batch_size, args.seed, args.force, args.src_config, args.safetensors, args.block_size,
                   args.device)
         rate = r["connection_rate"]
         print(f"learned {r['source']['config']} -> {r['target']} with {r['operator']} in {args.steps} steps"
               + (f" (R_c = {rate:.1%} at init)" if rate is not None else "")
-              + f": loss {r['loss_before']:.4f} -> {r['loss_after']:.4f} on a fixed batch; wrote {args.out}")
+              + f": loss {r['loss_before']:.4f} -> {r['loss_after']:.4f} on a fixed batch; wrote {args.out_dir}")
 
     return exit_code(run)

@@ -20,6 +20,27 @@ WIDTH_FIELDS = ("n_embd", "n_head", "n_query_groups", "intermediate_size", "padd
                 "rope_base", "norm_eps")
 
 
+SIZE_FIELDS = ("n_layer", "n_embd", "n_head", "n_query_groups", "intermediate_size")
+
+
+def describe_shape(c: Config) -> str:
+    return (f"{c.name}: {c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads, {c.n_query_groups} key/value groups, "
+            f"{c.intermediate_size} FFN units")
+
+
+def check_no_shrink(src: Config, tgt: Config) -> None:
+    """Growth never drops layers, hidden dims, heads, key/value groups or FFN units, whatever the operator (a
+    layer map shorter than the source would silently discard trained layers).
+
+    Raises:
+        ValueError: one line naming both shapes and the fields that would shrink.
+    """
+    smaller = [f"{f} {getattr(src, f)} -> {getattr(tgt, f)}" for f in SIZE_FIELDS if getattr(tgt, f) < getattr(src, f)]
+    if smaller:
+        raise ValueError(f"growth cannot shrink the model: the target ({describe_shape(tgt)}) is smaller than the "
+                         f"source ({describe_shape(src)}) in {', '.join(smaller)}; pick a target at least as large")
+
+
 def check_same_width(src: Config, tgt: Config) -> None:
     diff = [f"{f} {getattr(src, f)} -> {getattr(tgt, f)}" for f in WIDTH_FIELDS if getattr(src, f) != getattr(tgt, f)]
     if diff:
@@ -47,7 +68,9 @@ def stack(src: Config, state: State, tgt: Config, index_map: Sequence[int], copy
     (the loss spike of App. K is expected).
 
     With copy=False the result holds views of `state` (no memory per target layer), for the streaming writer.
+    Raises ValueError for a target smaller than the source (`check_no_shrink`) or of another width.
     """
+    check_no_shrink(src, tgt)
     check_same_width(src, tgt)
     shared, layers = split_layers(state)
     check_map(index_map, src, tgt, layers)
@@ -92,6 +115,7 @@ def random_depth(src: Config, state: State, tgt: Config, generator: torch.Genera
     At c = 0 the grown model computes the source's function exactly. The new layers are listed by
     `random_depth_masked_layers`; `pretrain/tinyllama.py` ramps their mask over --mask_ramp_steps.
     """
+    check_no_shrink(src, tgt)
     check_same_width(src, tgt)
     if tgt.n_layer <= src.n_layer:
         raise ValueError(f"random-depth adds layers: the target has {tgt.n_layer}, the source {src.n_layer}")

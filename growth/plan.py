@@ -19,20 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from dataclasses import asdict, dataclass
-from decimal import Decimal
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from lit_gpt.cli import ArgumentParser, parse_count  # noqa: F401 - shared with the training flags; also this module's API
 from lit_gpt.config import param_count  # noqa: F401 - also part of this module's API
 
 DEFAULT_G = 4
 FLOPS_PER_PARAM_TOKEN = 6  # C = 6 N D
 FIT_N_RANGE = (410e6, 3e9)  # the targets Eq. 2 was fitted on (App. G.1)
 _ALTERNATIVE_RATIO = 1.25  # the text lists other pairs whose target is within this factor of N (JSON: all)
-_SUFFIXES = {"": 0, "K": 3, "M": 6, "B": 9, "T": 12}
-_NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([kKmMbBtT]?)$")
 _EQ2 = "log10(d) = 0.88 log10(N) + 163.27 / log10(C) - 5.74"
 _EQ50 = "log10(g) = 1.01 log10(N) - 29.88 / log10(C) - 7.36"
 _EQ50_SHORT = 'the authors call this fit "mediocre" (too little data) and recommend g = 4 instead'
@@ -41,23 +38,6 @@ _EQ50_WARNING = ('the authors call this fit "mediocre" (too little data: 1.1B an
 
 
 # ----------------------------------------------------------------------------------------------- numbers
-
-
-def parse_count(text: str) -> float:
-    """'7e9', '7B', '1.1B', '300B', '2T', '410M', '8e20', '1.5k' -> float. Suffixes (any case) are K = 1e3,
-    M = 1e6, B = 1e9 (billion, not bytes), T = 1e12. Raises ValueError on anything else or a non-finite value;
-    the sign is kept (callers check positivity)."""
-    match = _NUMBER.match(str(text).strip())
-    if not match:
-        raise ValueError(f"cannot read {text!r} as a number; write e.g. 7e9, 7B, 1.1B, 300B, 2T or 8e20")
-    mantissa, suffix = match.groups()
-    try:  # Decimal keeps '1.1B' at exactly 1100000000.0 (1.1 * 1e9 would not be)
-        value = float(Decimal(mantissa).scaleb(_SUFFIXES[suffix.upper()]))
-    except (ArithmeticError, ValueError):  # decimal's Overflow/InvalidOperation on absurd exponents
-        raise ValueError(f"{text!r} is out of range") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is too large")
-    return value
 
 
 def format_count(x: float, digits: int = 3, zeros: bool = True) -> str:
@@ -261,7 +241,7 @@ def make_plan(N: float, C: Optional[float] = None, D: Optional[float] = None, g:
                           "equation": _EQ50 + " (Eq. 50)", "warning": _EQ50_WARNING},
         "configs": [asdict(p) for p in pairs],
         "split": {"exact": asdict(exact) if exact else None, "d_over_g": asdict(paper),
-                  "exact_base_source": None if exact is None else ("--base-params" if base_params is not None
+                  "exact_base_source": None if exact is None else ("--base_params" if base_params is not None
                                                                    else best.base)},
         "notes": notes,
     }
@@ -325,15 +305,6 @@ def _split_lines(title: str, s: dict) -> List[str]:
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one `error:` line and status 1, like every other bad input
-        raise _UsageError(f"{message} (see python -m growth plan --help)")
-
-
 def _positive_count(text: str) -> float:
     try:
         value = parse_count(text)
@@ -355,9 +326,9 @@ def _growth_factor(text: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m growth plan --params N (--flops C | --tokens D) [--base-params n] [--g G] [--json]`: prints the
+    """`python -m growth plan --params N (--flops C | --tokens D) [--base_params n] [--g G] [--json]`: prints the
     plan and returns 0, or one `error:` line on stderr and 1."""
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m growth plan",
         description="Plan a G_stack run from the guidelines of Du et al. 2024: growth timing d (Eq. 2), growth "
                     "factor g (4; Eq. 50 shown for reference), registered base/target configs and the split "
@@ -371,7 +342,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="total compute budget C in FLOPs, base stage included, e.g. 8e20")
     budget.add_argument("--tokens", type=_positive_count, metavar="D",
                         help="budget as tokens of a from-scratch run of the target: C = 6 N D, e.g. 100B")
-    parser.add_argument("--base-params", type=_positive_count, metavar="n",
+    parser.add_argument("--base_params", type=_positive_count, metavar="n",
                         help="the base model's parameter count for the exact FLOPs split (default: the suggested "
                              "base config's count); the paper's d/g accounting is printed as well")
     parser.add_argument("--g", type=_growth_factor, default=DEFAULT_G, metavar="G",
@@ -382,7 +353,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan = make_plan(args.params, C=args.flops, D=args.tokens, g=args.g, base_params=args.base_params)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
-    except (ValueError, _UsageError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))

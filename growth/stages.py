@@ -23,11 +23,18 @@ Recipe:
 
 A stage whose output exists (final/training.json, or growth.json of a grown model) is skipped, so an
 interrupted recipe continues where it stopped; an interrupted training stage resumes from its checkpoint.
+Before a stage first runs, what it will run is recorded in out_dir/NAME/stage.json: its model config, its
+training flags, its grow options and what it grows from (the source stage's own record). A later run whose
+recipe gives that stage something else (a new budget, another operator, a retrained source stage, an edited
+model config) is refused before anything runs, naming the change; `--force` deletes that stage's outputs and
+those of every stage built on it, and reruns them. Flags that change how a stage runs, not what it computes
+(devices, strategy, compile, logging, checkpoint cadence), are not compared.
 """
 
-import argparse
 import dataclasses
+import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,12 +42,20 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from lit_gpt.cli import ArgumentParser
 from growth.grow import OPERATORS
+from lit_gpt.cli import convert_values
+from lit_gpt.config import Config
+from lit_gpt.files import write_text
 from pretrain.train_args import TrainArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 GROW_KEYS = {"op", "layers", "noise", "seed", "split", "src"}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainArgs)}
+# how a stage runs, not what it computes: changing these after a stage ran does not make it stale
+RUN_ONLY_KEYS = {"devices", "num_nodes", "strategy", "compile", "activation_checkpointing", "collective_timeout",
+                 "keep_last", "save_interval", "log_interval", "logger", "resume"}
+RECORD = "stage.json"
 
 
 @dataclasses.dataclass
@@ -49,16 +64,33 @@ class Step:
     stage: str
     command: List[str]
     done_file: Path
+    record: Dict[str, Any] = dataclasses.field(default_factory=dict)  # what the stage runs (module docstring)
+    outputs: List[Path] = dataclasses.field(default_factory=list)  # the stage's directories; [0] holds RECORD
 
     @property
     def done(self) -> bool:
         return self.done_file.is_file()
 
+    @property
+    def record_file(self) -> Path:
+        return self.outputs[0] / RECORD
+
 
 def load_recipe(path: Path, out_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """The recipe's mapping, with `out_dir` overriding its own.
+
+    Raises:
+        ValueError: one line naming `path`: missing, not YAML, unknown top-level keys, no stages or no out_dir.
+    """
     if not path.is_file():
         raise ValueError(f"recipe not found: {path}")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ValueError(f"{path}: not a valid YAML recipe" + (f" (line {mark.line + 1})" if mark else "")) from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: expected a mapping with out_dir, train and stages")
     unknown = sorted(set(recipe) - {"out_dir", "train", "stages"})
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {', '.join(unknown)}; use out_dir, train, stages")
@@ -71,48 +103,106 @@ def load_recipe(path: Path, out_dir: Optional[Path] = None) -> Dict[str, Any]:
     return recipe
 
 
-def plan(recipe: Dict[str, Any], launcher: Sequence[str] = ()) -> List[Step]:
-    """The grow and train commands of every stage, in order, with the file that marks each one done."""
+def plan(recipe: Dict[str, Any], launcher: Sequence[str] = (), source: str = "recipe") -> List[Step]:
+    """The grow and train commands of every stage, in order, with the file that marks each one done and the
+    stage's record. Training values are checked as `pretrain/tinyllama.py` checks its flags.
+
+    Raises:
+        ValueError: one line naming `source` and the stage: unknown keys, a value its flag refuses, no
+            model_name, a grow without a source, a repeated name.
+    """
     # commands run from the repository root, so relative paths (out_dir, data) are read from there too
-    out_dir, shared = ROOT / recipe["out_dir"], dict(recipe.get("train") or {})
-    _check_keys(shared, TRAIN_KEYS, "train")
+    out_dir, shared = ROOT / recipe["out_dir"], recipe.get("train") or {}
+    if not isinstance(shared, dict):
+        raise ValueError(f"{source}: train must be a mapping of training flags to values, got {shared!r}")
+    shared = convert_values(TrainArgs, shared, f"{source}: train")
     steps, previous, names = [], None, set()
     for k, stage in enumerate(recipe["stages"], 1):
+        if not isinstance(stage, dict):
+            raise ValueError(f"{source}: stage {k} must be a mapping of a name, grow options and flags, got {stage!r}")
         stage = dict(stage)
         name = str(stage.pop("name", f"stage-{k}"))
         if name in names:
-            raise ValueError(f"stage {k}: the name {name!r} is used twice")
+            raise ValueError(f"{source}: stage {k}: the name {name!r} is used twice")
         names.add(name)
         grow = stage.pop("grow", None)
-        _check_keys(stage, TRAIN_KEYS - {"out_dir", "initial_checkpoint"}, f"stage {name!r}")
-        args = {"resume": "auto", **shared, **stage, "out_dir": str(out_dir / name)}  # an interrupted stage resumes
-        if "model_name" not in args:
-            raise ValueError(f"stage {name!r}: no model_name")
+        where = f"{source}: stage {name!r}"
+        _check_keys(stage, TRAIN_KEYS - {"out_dir", "initial_checkpoint"}, where)
+        # an interrupted stage resumes
+        args = {"resume": "auto", **shared, **convert_values(TrainArgs, stage, where), "out_dir": str(out_dir / name)}
+        if args.get("model_name") is None:
+            raise ValueError(f"{where}: no model_name")
+        record = {"model": dataclasses.asdict(Config.load(_rooted(args["model_name"]))),
+                  "train": {k: v for k, v in args.items() if k not in RUN_ONLY_KEYS | {"out_dir", "model_name"}},
+                  "grow": None, "source": None}
+        outputs = [out_dir / name]
         if grow is not None:
-            src = grow.get("src") or (previous and str(out_dir / previous / "final"))
-            if not src:
-                raise ValueError(f"stage {name!r} grows, but there is no earlier stage; give grow.src")
+            options = _grow_options(grow, where)
+            src = options.pop("src", None)
+            if src is None and previous is None:
+                raise ValueError(f"{where} grows, but there is no earlier stage; give grow.src")
+            record["grow"] = options
+            record["source"] = {"path": src} if src else {"stage": previous.stage, "record": previous.record}
             grown = out_dir / f"{name}-grown"
-            steps.append(Step("grow", name, _grow_command(grow, src, args["model_name"], grown, name),
-                              grown / "growth.json"))
+            command = [sys.executable, "-m", "growth", "grow", "--src", src or str(out_dir / previous.stage / "final"),
+                       "--target", str(args["model_name"]), "--out_dir", str(grown), "--force", *_flags(options)]
+            outputs.append(grown)
+            steps.append(Step("grow", name, command, grown / "growth.json", record, outputs))
             args["initial_checkpoint"] = str(grown)
         train = [*launcher, sys.executable, str(ROOT / "pretrain" / "tinyllama.py"), *_flags(args)]
-        steps.append(Step("train", name, train, out_dir / name / "final" / "training.json"))
-        previous = name
+        previous = Step("train", name, train, out_dir / name / "final" / "training.json", record, outputs)
+        steps.append(previous)
     return steps
 
 
-def _grow_command(grow: Dict[str, Any], src: str, target: str, out: Path, name: str) -> List[str]:
-    _check_keys(grow, GROW_KEYS, f"stage {name!r} grow")
+def _rooted(path: str) -> str:
+    """A model_name as the stage's process (run from the repository root) reads it."""
+    return str(ROOT / path) if not Path(path).is_absolute() and (ROOT / path).exists() else path
+
+
+def _grow_options(grow: Any, where: str) -> Dict[str, str]:
+    """A stage's grow options as the grow command gets them (strings).
+
+    Raises:
+        ValueError: one line naming `where`: not a mapping, an unknown key or an unknown operator.
+    """
+    if not isinstance(grow, dict):
+        raise ValueError(f"{where}: grow must be a mapping such as {{op: stack}}, got {grow!r}")
+    _check_keys(grow, GROW_KEYS, f"{where} grow")
     if grow.get("op") not in OPERATORS:
-        raise ValueError(f"stage {name!r}: grow.op must be one of {', '.join(OPERATORS)}, got {grow.get('op')!r}")
-    options = {k: v for k, v in grow.items() if k != "src"}
-    return [sys.executable, "-m", "growth", "grow", "--src", src, "--target", str(target), "--out", str(out),
-            "--force", *_flags(options)]
+        raise ValueError(f"{where}: grow.op must be one of {', '.join(OPERATORS)}, got {grow.get('op')!r}")
+    return {k: _text(v) for k, v in grow.items() if v is not None}
+
+
+def changes(step: Step) -> Optional[str]:
+    """What the recipe now gives `step`'s stage that differs from what its outputs were made with, or None when
+    it matches, nothing of the stage exists yet, or the stage ran before records were kept."""
+    if not step.record_file.is_file():
+        return None
+    try:
+        ran = json.loads(step.record_file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return f"its {step.record_file} is unreadable"
+    now = json.loads(json.dumps(step.record))  # tuples as lists, as read back
+    if ran == now:
+        return None
+    found = []
+    for part in ("model", "train", "grow"):
+        old, new = ran.get(part) or {}, now.get(part) or {}
+        found += [f"{'' if part == 'train' else part + '.'}{k} {_show(old, k)} -> {_show(new, k)}"
+                  for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if ran.get("source") != now.get("source"):
+        source = now.get("source") or {}
+        found.append(f"its source stage {source['stage']!r} changed" if "stage" in source else "its source changed")
+    return ", ".join(found) or "its record differs"
+
+
+def _show(values: Dict[str, Any], key: str) -> str:
+    return json.dumps(values[key]) if key in values else "unset"
 
 
 def _check_keys(options: Dict[str, Any], allowed: set, where: str) -> None:
-    unknown = sorted(set(options) - allowed)
+    unknown = sorted(map(str, set(options) - allowed))
     if unknown:
         raise ValueError(f"{where}: unknown keys {', '.join(unknown)}")
 
@@ -123,32 +213,50 @@ def _flags(options: Dict[str, Any]) -> List[str]:
         if value is None:
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
-        flags += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+        flags += [f"--{key}", *map(_text, values)]
     return flags
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from lit_gpt.utils import exit_code
 
-    p = argparse.ArgumentParser(prog="python -m growth stages", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m growth stages", description=__doc__)
     p.add_argument("recipe", type=Path, help="YAML recipe (format above)")
     p.add_argument("--out_dir", type=Path, default=None, help="override the recipe's out_dir")
     p.add_argument("--dry_run", action="store_true", help="print every stage's command and whether it is done")
     p.add_argument("--launcher", default="", help="prefix of the training commands, e.g. 'srun' inside an "
                    "sbatch job (growth runs once, on the batch host)")
+    p.add_argument("--force", action="store_true", help="rerun the stages whose recipe entry changed since they ran "
+                   "(their outputs, and those of the stages built on them, are deleted first)")
     args = p.parse_args(argv)
 
     failed = []
 
     def run() -> None:
         out_dir = args.out_dir.resolve() if args.out_dir else None
-        steps = plan(load_recipe(args.recipe, out_dir), shlex.split(args.launcher))
+        steps = plan(load_recipe(args.recipe, out_dir), shlex.split(args.launcher), str(args.recipe))
+        stale = {step.stage: change for step in steps if (change := changes(step))}
+        if stale and not (args.force or args.dry_run):
+            name, change = next(iter(stale.items()))
+            more = f" ({len(stale) - 1} later stage(s) changed too)" if len(stale) > 1 else ""
+            raise ValueError(f"{args.recipe}: stage {name!r} ran with other settings than the recipe gives now: "
+                             f"{change}{more}; pass --force to delete its outputs and rerun it and the stages built "
+                             "on it, or give a new --out_dir")
         for i, step in enumerate(steps, 1):
+            if step.stage in stale and not args.dry_run:
+                _clear(step, stale.pop(step.stage))
             status = "done" if step.done else ("to run" if args.dry_run else "running")
+            if step.stage in stale:
+                status = f"changed since it ran ({stale[step.stage]}); --force reruns it"
             print(f"[{i}/{len(steps)}] {step.kind} {step.stage}: {status}\n  {shlex.join(step.command)}", flush=True)
             if step.done or args.dry_run:
                 continue
+            if not step.record_file.is_file():
+                write_text(step.record_file, json.dumps(step.record, indent=2) + "\n")
             code = subprocess.run(step.command, cwd=ROOT).returncode
             if code == 0 and not step.done:  # saved and requeued by slurm: the requeued job resumes it
                 print(f"stage {step.stage!r} stopped before its end and its job was requeued; the next run of this "
@@ -162,3 +270,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return
 
     return exit_code(run) or (failed[0] if failed else 0)
+
+
+def _clear(step: Step, change: str) -> None:
+    """--force on a changed stage: its outputs go, so that it runs again from scratch."""
+    for path in step.outputs:
+        if path.exists():
+            shutil.rmtree(path)
+    print(f"stage {step.stage!r} changed since it ran ({change}): deleted {', '.join(map(str, step.outputs))} "
+          "(--force)", flush=True)

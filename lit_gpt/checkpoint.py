@@ -6,26 +6,31 @@ Layout of a checkpoint directory:
     rng-rank{r}.pt        each rank's RNG states
     lit_config.json       the model config
 All of it is written into `.tmp-step-NNNNNNNN/` and renamed once every rank is done, so a kill while
-saving leaves the previous checkpoint as the newest complete one.
+saving leaves the previous checkpoint as the newest complete one. A checkpoint damaged later (a truncated or
+deleted shard, a garbled file) is found by `damage` from its files alone, before any model is built, and
+`--resume auto` passes over it (`find_resumable`).
 """
 
 import json
+import os
 import random
 import re
 import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 
 from lit_gpt.config import Config
 from lit_gpt.distributed import RankFailure, agree, first_line, on_rank_zero
+from lit_gpt.files import atomic_dir, os_error_line, save_torch
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError
 
@@ -36,19 +41,110 @@ def step_dir(out_dir: Path, step: int) -> Path:
     return out_dir / f"step-{step:08d}"
 
 
+def _complete(out_dir: Path) -> List[Tuple[int, Path]]:
+    """(step, path) of every checkpoint directory in `out_dir` that has its meta.json (written last)."""
+    return [(int(m.group(1)), p) for p in out_dir.glob("step-*")
+            if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file()]
+
+
 def find_latest(out_dir: Path) -> Optional[Path]:
     """The complete checkpoint with the highest step number (numeric, not lexicographic, order)."""
-    found = [(int(m.group(1)), p) for p in out_dir.glob("step-*")
-             if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file()]
+    found = _complete(out_dir)
     return max(found)[1] if found else None
+
+
+def find_resumable(out_dir: Path, warn: Callable[[str], None]) -> Optional[Path]:
+    """`--resume auto`: the newest complete checkpoint that `damage` finds nothing wrong with, or None when
+    `out_dir` holds no complete checkpoint. Each newer damaged one is passed over with a `warning:` line given
+    to `warn`.
+
+    Raises:
+        CheckpointError: there are complete checkpoints but every one is damaged (starting afresh would
+            overwrite them step by step); the line names the newest and what is wrong with it.
+    """
+    found = sorted(_complete(out_dir), reverse=True)
+    problems = []
+    for _, path in found:
+        problems.append(damage(path))
+        if problems[-1] is None:
+            return path
+        warn(f"warning: --resume auto passes over {path}: {problems[-1]}")
+    if found:
+        raise CheckpointError(f"--resume auto: every checkpoint in {out_dir} is damaged (the newest, {found[0][1]}: "
+                              f"{problems[0]}); move them aside to start afresh")
+    return None
+
+
+def damage(path: Path) -> Optional[str]:
+    """What is wrong with the training checkpoint `path`, found from its files alone (no model, no ranks), or
+    None when nothing is: meta.json and lit_config.json must read, DCP's `.metadata` must unpickle, every
+    shard file it names must exist and hold at least the bytes its entries record (offset + length), and
+    every rank that saved must have left its rng-rank{r}.pt. Corruption inside a shard of the right size is
+    found only when DCP reads it (`load`, `consolidate`)."""
+    meta = _read_meta(path)
+    if isinstance(meta, str):
+        return meta
+    try:
+        Config.from_json(path / "lit_config.json")
+    except (ValueError, OSError) as e:
+        return f"lit_config.json cannot be read ({_reason(e)})"
+    try:
+        with _single_process_quiet():
+            storage = FileSystemReader(str(path)).read_metadata().storage_data
+        ends: Dict[str, int] = {}
+        for info in storage.values():
+            ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is not what DCP wrote
+        return f".metadata cannot be read ({_reason(e)})"
+    for name, end in sorted(ends.items()):
+        shard = path / name
+        if not shard.is_file():
+            return f"its shard {name} is missing"
+        if shard.stat().st_size < end:
+            return f"its shard {name} is truncated ({shard.stat().st_size:,} bytes; .metadata records {end:,})"
+    missing = [f"rng-rank{r}.pt" for r in range(meta.get("world_size", 1))
+               if not (path / f"rng-rank{r}.pt").is_file()]
+    return f"{missing[0]} is missing" if missing else None
+
+
+def check_intact(path: Path) -> Dict[str, Any]:
+    """Returns meta.json's content when `damage` finds nothing wrong with the training checkpoint `path`.
+
+    Raises:
+        CheckpointError: one line naming `path` and what is wrong (no meta.json: not a complete checkpoint).
+    """
+    if not (path / "meta.json").is_file():
+        raise CheckpointError(f"{path} is not a complete training checkpoint (no meta.json)")
+    problem = damage(path)
+    if problem is not None:
+        raise CheckpointError(f"{path} is damaged: {problem}; use an earlier checkpoint")
+    return json.loads((path / "meta.json").read_text())
+
+
+def _read_meta(path: Path):
+    """meta.json as a dict, or a string saying why it cannot be used."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"meta.json cannot be read ({_reason(e)})"
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        return "meta.json holds no step number"
+    if not isinstance(meta.get("world_size", 1), int) or meta.get("world_size", 1) < 1:
+        return "meta.json holds no valid world_size"
+    return meta
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's first line, at most 160 characters: OSError's strerror, else the message or the type."""
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
+    return (text.splitlines()[0][:160] if text else type(e).__name__)
 
 
 def prune(out_dir: Path, keep: int, current: int) -> List[Path]:
     """Keeps the checkpoint of step `current` (just saved) and the newest `keep` - 1 complete ones before it,
     deletes the older ones and returns them. Later steps (left by a run resumed from an earlier checkpoint)
     are not touched. Only the newest is ever resumed from; older ones matter for growth or analysis."""
-    found = sorted((int(m.group(1)), p) for p in out_dir.glob("step-*")
-                   if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file() and int(m.group(1)) < current)
+    found = sorted((s, p) for s, p in _complete(out_dir) if s < current)
     doomed = [p for _, p in found[:max(0, len(found) - (keep - 1))]]
     for path in doomed:
         try:
@@ -89,9 +185,7 @@ def save(fabric, out_dir: Path, step: int, model: torch.nn.Module, optimizer: to
     def finish() -> None:
         config.to_json(tmp / "lit_config.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if final.exists():  # the same step saved again (a re-run after resume): replace it whole
-            shutil.rmtree(str(final))
-        tmp.rename(final)
+        _replace_dir(tmp, final)
 
     def write() -> None:
         model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -99,11 +193,12 @@ def save(fabric, out_dir: Path, step: int, model: torch.nn.Module, optimizer: to
             with _single_process_quiet():
                 dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp,
                          no_dist=fabric.world_size == 1)
-            torch.save(rng_state(), tmp / f"rng-rank{fabric.global_rank}.pt")
+            save_torch(rng_state(), tmp / f"rng-rank{fabric.global_rank}.pt")
         except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise CheckpointError(f"could not save step {step} into {final}: {first_line(e)}") from None
+            raise CheckpointError(f"could not save step {step} into {final}: {first_line(e)}; the last complete "
+                                  "checkpoint is kept: fix that and continue with --resume auto") from None
 
     on_rank_zero(fabric, start)
     try:
@@ -116,28 +211,60 @@ def save(fabric, out_dir: Path, step: int, model: torch.nn.Module, optimizer: to
     return final
 
 
+def _replace_dir(new: Path, final: Path) -> None:
+    """Renames `new` onto `final`. The same step saved again (a re-run after a resume) replaces the old one
+    whole, which is moved aside first and deleted only once the new one is in place."""
+    if not final.exists():
+        new.rename(final)
+        return
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def load(fabric, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
-    """Collective: restores model, optimizer and this rank's RNG; returns meta.json's content."""
-    if not (path / "meta.json").is_file():
-        raise CheckpointError(f"{path} is not a complete training checkpoint (no meta.json)")
+    """Collective: restores model, optimizer and this rank's RNG; returns meta.json's content.
+
+    Raises:
+        CheckpointError: on the first rank that finds `path` damaged or unreadable (one line naming it); the
+            other ranks raise `RankFailure`, so no rank goes on training alone.
+    """
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
+    found: Dict[str, Any] = {}
 
     def read() -> None:
-        try:
-            with _single_process_quiet():
-                dcp.load(state, checkpoint_id=path, no_dist=fabric.world_size == 1)
-        except BaseException as e:  # noqa: BLE001 - a mismatch or damage: DCP's long multi-line error, one line here
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise CheckpointError(f"{path} cannot be loaded into this model and optimizer ({first_line(e)})") from None
+        found["meta"] = check_intact(path)
+        _dcp_load(state, path, fabric.world_size == 1, "into this model and optimizer")
+        rng_file = path / f"rng-rank{fabric.global_rank}.pt"
+        if rng_file.is_file():  # absent when resuming on more ranks than saved: those ranks keep their seeds
+            try:
+                found["rng"] = torch.load(rng_file, weights_only=True)
+            except Exception as e:  # noqa: BLE001 - torch reports a damaged zip as RuntimeError
+                raise CheckpointError(f"{path} is damaged: {rng_file.name} cannot be read ({_reason(e)}); "
+                                      "use an earlier checkpoint") from None
 
     agree(fabric, read)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    rng_file = path / f"rng-rank{fabric.global_rank}.pt"
-    if rng_file.is_file():  # absent when resuming on more ranks than saved: those ranks keep their seeds
-        set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((path / "meta.json").read_text())
+    if "rng" in found:
+        set_rng_state(found["rng"])
+    return found["meta"]
+
+
+def _dcp_load(state: Dict[str, Any], path: Path, no_dist: bool, into: str) -> None:
+    """dcp.load with its failures (CheckpointException, a BaseException) as one CheckpointError naming `path`.
+
+    `damage` has passed by then, so what fails here is most likely corruption inside a shard."""
+    try:
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=path, no_dist=no_dist)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException derives from BaseException
+        reason = first_line(e).split(". ")[0][:160]  # torch's advice that follows is about untrusted pickles
+        raise CheckpointError(f"{path} cannot be loaded {into} ({reason}); if it is damaged, move it aside "
+                              "(--resume auto then takes the checkpoint before it)") from None
 
 
 def check_config(path: Path, config: Config) -> None:
@@ -167,24 +294,42 @@ def export_weights(fabric, model: torch.nn.Module, config: Config, out_dir: Path
 
 def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
                   tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None) -> None:
-    """`training` ({step, tokens, flops}) goes to training.json: growth records it as the base model's cost."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "lit_model.pth.tmp"
-    torch.save(state, tmp)
-    tmp.replace(out_dir / "lit_model.pth")
-    config.to_json(out_dir / "lit_config.json")
-    if training is not None:
-        (out_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-    if tokenizer_dir is not None:
-        for name in TOKENIZER_FILES:
+    """Writes lit_model.pth, lit_config.json, training.json (`training`: {step, tokens, flops}, which growth
+    records as the base model's cost) and the tokenizer files into a directory that replaces `out_dir` whole
+    when complete (`lit_gpt.files.atomic_dir`: the umask applies; a failed write leaves `out_dir` as it was).
+
+    Raises:
+        OSError: a write failed (a full disk, a path below a regular file); the message names the path.
+    """
+    with atomic_dir(out_dir) as tmp, naming_target(tmp, out_dir):
+        save_torch(state, tmp / "lit_model.pth")
+        config.to_json(tmp / "lit_config.json")
+        if training is not None:
+            (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+        for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
             if (tokenizer_dir / name).is_file():
-                shutil.copy2(tokenizer_dir / name, out_dir / name)
+                shutil.copy2(tokenizer_dir / name, tmp / name)
+
+
+@contextmanager
+def naming_target(tmp: Path, out: Path):
+    """An OSError raised while filling `atomic_dir`'s temporary directory `tmp` names `out` instead: `tmp` is
+    gone by the time the user reads the error line, `out` is where the files were to go."""
+    try:
+        yield
+    except OSError as e:
+        line = os_error_line(e).replace(str(tmp), str(out))
+        raise (OSError(e.errno, line) if e.errno is not None else OSError(line)) from None
 
 
 def check_masks_settled(path: Path) -> None:
     """Refuses a training checkpoint whose random-* growth masks were still ramping: its raw weights alone
-    compute a different model (the masks live in the run's growth.json and step, not in the weights)."""
-    meta = json.loads((path / "meta.json").read_text())
+    compute a different model (the masks live in the run's growth.json and step, not in the weights).
+
+    Raises:
+        CheckpointError: masks still ramping, or `path` damaged (`check_intact`).
+    """
+    meta = check_intact(path)
     hparams = meta.get("hparams") or {}
     initial = hparams.get("initial_checkpoint")
     if not initial:
@@ -202,17 +347,19 @@ def check_masks_settled(path: Path) -> None:
 
 
 def consolidate(path: Path) -> Dict[str, torch.Tensor]:
-    """A training checkpoint's model weights as one plain state dict, read in this process (no ranks)."""
-    if not (path / "meta.json").is_file():
-        raise CheckpointError(f"{path} is not a complete training checkpoint (no meta.json)")
+    """A training checkpoint's model weights as one plain state dict, read in this process (no ranks).
+
+    Raises:
+        CheckpointError: `path` is incomplete, damaged or unreadable (one line naming it).
+    """
+    check_intact(path)
     from lit_gpt.model import GPT
 
     config = Config.from_json(path / "lit_config.json")
     with torch.device("meta"):
         template = GPT(config).state_dict()
     state = {"model": {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}}
-    with _single_process_quiet():
-        dcp.load(state, checkpoint_id=path, no_dist=True)
+    _dcp_load(state, path, True, "as the model of its lit_config.json")
     return state["model"]
 
 
@@ -226,16 +373,22 @@ def _single_process_quiet():
 
 def consolidate_optimizer(path: Path) -> Dict[str, Any]:
     """A training checkpoint's AdamW moments as plain tensors keyed by parameter name, read in one process:
-    {"step": float, "exp_avg": {name: tensor}, "exp_avg_sq": {name: tensor}}."""
+    {"step": float, "exp_avg": {name: tensor}, "exp_avg_sq": {name: tensor}}.
+
+    Raises:
+        CheckpointError: `path` is damaged, or holds no AdamW state for some parameter (e.g. saved before the
+            first optimizer step).
+    """
     weights = consolidate(path)
     template = {name: {"step": torch.tensor(0.0), "exp_avg": torch.empty_like(t, dtype=torch.float32),
                        "exp_avg_sq": torch.empty_like(t, dtype=torch.float32)} for name, t in weights.items()}
+    saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    absent = [f"optimizer.state.{name}.{key}" for name, moments in template.items() for key in moments
+              if f"optimizer.state.{name}.{key}" not in saved]
+    if absent:
+        raise CheckpointError(f"{path} holds no AdamW state for every parameter (no {absent[0]})")
     state = {"optimizer": {"state": template}}
-    try:
-        with _single_process_quiet():
-            dcp.load(state, checkpoint_id=path, no_dist=True)
-    except Exception as e:  # noqa: BLE001 - e.g. a checkpoint saved before the first optimizer step
-        raise CheckpointError(f"{path} holds no AdamW state for every parameter ({type(e).__name__})") from None
+    _dcp_load(state, path, True, "as AdamW moments")
     steps = {float(v["step"]) for v in template.values()}
     return {"step": max(steps), "exp_avg": {k: v["exp_avg"] for k, v in template.items()},
             "exp_avg_sq": {k: v["exp_avg_sq"] for k, v in template.items()}}

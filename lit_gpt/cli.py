@@ -1,27 +1,66 @@
-"""Dataclass-driven command lines: every field is a flag, a YAML recipe (`--config`) sets defaults."""
+"""Dataclass-driven command lines: every field is a flag, a YAML recipe (`--config`) sets defaults.
+
+A recipe's values go through the same conversion and checks as the flags (type, choices, number of values), so
+`strategy: fdsp` in a recipe is refused as `--strategy fdsp` is; every fault is one `error:` line.
+"""
 
 import argparse
 import dataclasses
+import difflib
+import math
+import re
+import sys
 import typing
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, List, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type, TypeVar
 
 import yaml
 
 T = TypeVar("T")
 
+_SUFFIXES = {"": 0, "K": 3, "M": 6, "B": 9, "T": 12}
+_NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([kKmMbBtT]?)$")
+_COUNT_EXAMPLES = "write e.g. 400000, 2e4, 1.5M, 5B or 2T"
 
-def _flag_type(annotation: Any):
-    """(argparse type, nargs) for a field annotation such as Optional[int] or List[float]."""
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin is typing.Union and len(args) == 1:
-        return _flag_type(args[0])
-    if origin in (list, List):
-        return args[0], "+"
-    if annotation is bool:
-        return _parse_bool, None
-    return annotation, None
+
+def _decimal_count(text: str) -> Decimal:
+    match = _NUMBER.match(str(text).strip())
+    if not match:
+        raise ValueError(f"cannot read {text!r} as a number; {_COUNT_EXAMPLES}")
+    mantissa, suffix = match.groups()
+    try:  # Decimal keeps '1.1B' at exactly 1100000000 (1.1 * 1e9 would not be)
+        value = Decimal(mantissa).scaleb(_SUFFIXES[suffix.upper()])
+    except (ArithmeticError, ValueError):  # decimal's Overflow/InvalidOperation on absurd exponents
+        raise ValueError(f"{text!r} is out of range") from None
+    if not value.is_finite() or not math.isfinite(float(value)):
+        raise ValueError(f"{text!r} is too large")
+    return value
+
+
+def parse_count(text: str) -> float:
+    """'7e9', '7B', '1.1B', '300B', '2T', '410M', '8e20', '1.5k' -> float. Suffixes (any case) are K = 1e3,
+    M = 1e6, B = 1e9 (billion, not bytes), T = 1e12. The sign is kept (callers check it).
+
+    Raises:
+        ValueError: not such a number, or not finite.
+    """
+    return float(_decimal_count(text))
+
+
+def whole_count(text: str) -> int:
+    """A flag's whole count in `parse_count`'s notation: '5B', '2e4', '1.5M', '400000' -> int, exactly.
+
+    Raises:
+        argparse.ArgumentTypeError: not a number, or not a whole one (argparse prints its message).
+    """
+    try:
+        value = _decimal_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value != value.to_integral_value():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; {_COUNT_EXAMPLES}")
+    return int(value)
 
 
 def _parse_bool(text: str) -> bool:
@@ -32,33 +71,174 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Flag:
+    """How one dataclass field is read, from the command line or from a recipe."""
+
+    name: str
+    convert: Callable[[str], Any]
+    nargs: Optional[str]  # "+" for lists, "?" for bools (a bare --compile is true), None for one value
+    choices: Optional[Sequence[Any]]
+    optional: bool  # null (YAML) is allowed: the field is Optional[...]
+    default: Any
+    help: str
+
+
+def _flags(cls: type) -> List[_Flag]:
+    """One `_Flag` per field of `cls`: the type from its annotation (or `metadata["parse"]`), choices from
+    `metadata["choices"]`."""
+    hints = typing.get_type_hints(cls)
+    flags = []
+    for f in dataclasses.fields(cls):
+        annotation = hints[f.name]
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = typing.get_origin(annotation) is typing.Union and len(args) == 1
+        if optional:
+            annotation = args[0]
+        nargs = None
+        if typing.get_origin(annotation) in (list, List):
+            annotation, nargs = typing.get_args(annotation)[0], "+"
+        elif annotation is bool:
+            annotation, nargs = _parse_bool, "?"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flags.append(_Flag(f.name, f.metadata.get("parse", annotation), nargs, f.metadata.get("choices"), optional,
+                           default, f.metadata.get("help", "")))
+    return flags
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every command, for one convention across all of them (README "Command lines").
+
+    Flags are spelled with underscores; the dashed spelling of any flag (`--at-loss` for `--at_loss`) is accepted
+    too, so scripts written against older spellings keep working. A usage error is one line,
+    `error: MESSAGE (see PROG --help)`, with argparse's exit code 2.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._underscored(str(a)) for a in args], namespace)
+
+    def _underscored(self, arg: str) -> str:
+        if not arg.startswith("--") or "-" not in arg[2:] or arg in self._option_string_actions:
+            return arg
+        name, eq, value = arg.partition("=")
+        spelled = "--" + name[2:].replace("-", "_")
+        return spelled + eq + value if spelled in self._option_string_actions else arg
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parse(cls: Type[T], argv: Optional[List[str]] = None, description: str = "") -> T:
     """Parses `argv` into `cls`: field help comes from `field(metadata={"help": ...})`.
 
-    Precedence: command-line flag > `--config` YAML > the dataclass default. Unknown YAML keys are an
-    error, so a typo in a recipe cannot silently fall back to a default.
+    Precedence: command-line flag > `--config` YAML > the dataclass default. A bool flag alone means true
+    (`--compile`); `--compile false` still works. Bad flags and recipe faults (unknown keys, wrong types, values
+    outside the choices) print one `error:` line and exit with status 2, as argparse does.
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(argv)
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--config", type=Path, help="YAML recipe whose keys are any of the flags below")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag_type, nargs = _flag_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        choices = f.metadata.get("choices")
-        parser.add_argument(f"--{f.name}", type=flag_type, nargs=nargs, default=default, choices=choices,
-                            metavar=None if choices else f.name.upper(),
-                            help=f"{f.metadata.get('help', '')} (default: {default})")
+    for flag in _flags(cls):
+        metavar = None if flag.choices else ("BOOL" if flag.nargs == "?" else flag.name.upper())
+        parser.add_argument(f"--{flag.name}", type=flag.convert, nargs=flag.nargs, default=flag.default,
+                            const=True if flag.nargs == "?" else None, choices=flag.choices, metavar=metavar,
+                            help=f"{flag.help} (default: {flag.default})")
     if known.config is not None:
-        if not known.config.is_file():
-            parser.error(f"--config {known.config}: file not found")
-        recipe = yaml.safe_load(known.config.read_text()) or {}
-        unknown = sorted(set(recipe) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            parser.error(f"--config {known.config}: unknown keys {', '.join(unknown)}")
-        parser.set_defaults(**recipe)
+        try:
+            parser.set_defaults(**convert_values(cls, read_recipe(known.config), f"--config {known.config}"))
+        except ValueError as e:
+            parser.exit(2, f"error: {e}\n")
     namespace = vars(parser.parse_args(argv))
     namespace.pop("config")
     return cls(**namespace)
+
+
+def read_recipe(path: Path) -> Dict[str, Any]:
+    """A YAML recipe's mapping (empty file: {}).
+
+    Raises:
+        ValueError: one line naming `path`: missing, unreadable, not YAML (with the line) or not a mapping.
+    """
+    if not path.is_file():
+        raise ValueError(f"--config {path}: file not found")
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"--config {path}: not a text file; expected a YAML recipe") from None
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot be read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"--config {path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"--config {path}: expected a mapping of flag names to values, found {type(recipe).__name__}")
+    return recipe
+
+
+def convert_values(cls: type, values: Mapping[Any, Any], where: str) -> Dict[str, Any]:
+    """`values` (from a recipe) converted and checked exactly as the same flags on the command line would be.
+
+    Raises:
+        ValueError: one line naming `where` and the key: unknown (with the closest flag), null for a field that
+            needs a value, the wrong number of values, a value the flag's type refuses, or one outside its choices.
+    """
+    flags = {flag.name: flag for flag in _flags(cls)}
+    out = {}
+    for key, value in values.items():
+        if key not in flags:
+            close = difflib.get_close_matches(str(key), flags, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}: unknown key {key!r}{hint}; the keys are the flags of --help")
+        out[key] = _convert(flags[key], value, f"{where}: {key}")
+    return out
+
+
+def from_values(cls: Type[T], values: Mapping[Any, Any], where: str) -> T:
+    """`cls` built from recipe-style `values` (`convert_values`), the dataclass defaults for the rest."""
+    return cls(**convert_values(cls, values, where))
+
+
+def _convert(flag: _Flag, value: Any, where: str) -> Any:
+    if value is None:
+        if flag.optional:
+            return None
+        raise ValueError(f"{where}: needs a value (null is not one); remove the key to use the default "
+                         f"{flag.default}")
+    if flag.nargs == "+":
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            raise ValueError(f"{where}: needs at least one value")
+        return [_convert_one(flag, item, where) for item in items]
+    if isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: takes one value, got a list of {len(value)}")
+    return _convert_one(flag, value, where)
+
+
+def _convert_one(flag: _Flag, value: Any, where: str) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        raise ValueError(f"{where}: expected a single value, got {type(value).__name__} {value!r}")
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        result = flag.convert(text)
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+    except (TypeError, ValueError, InvalidOperation):
+        expected = {int: "a whole number", float: "a number"}.get(flag.convert, "a valid value")
+        raise ValueError(f"{where}: expected {expected}, got {value!r}") from None
+    if flag.choices is not None and result not in flag.choices:
+        close = difflib.get_close_matches(str(result), [str(c) for c in flag.choices], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"{where}: invalid choice {value!r} ({hint}choose from "
+                         f"{', '.join(map(str, flag.choices))})")
+    return result
+

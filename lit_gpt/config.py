@@ -1,9 +1,12 @@
 """Model configuration: upstream's `Config` fields plus the registry of named configs."""
 
+import difflib
 import json
+import math
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from lit_gpt.utils import find_multiple
 
@@ -16,7 +19,9 @@ class Config:
     """Architecture hyperparameters, field for field as upstream TinyLlama's `lit_gpt/config.py`.
 
     Defaults describe a LLaMA-style model (the only family this fork builds); `rope_base` is ours,
-    kept at upstream's fixed 10000 unless a converted checkpoint says otherwise.
+    kept at upstream's fixed 10000 unless a converted checkpoint says otherwise. `condense_ratio` (RoPE linear
+    scaling: positions divided by it) and `rope_base` take any positive number; whole values are kept as ints,
+    so a lit_config.json we write for them reads as before (upstream wrote `"condense_ratio": 1`).
     """
 
     org: str = "Lightning-AI"
@@ -37,17 +42,24 @@ class Config:
     norm_eps: float = 1e-5
     _mlp_class: str = "LLaMAMLP"
     intermediate_size: Optional[int] = None
-    condense_ratio: int = 1
-    rope_base: int = 10000
+    condense_ratio: float = 1
+    rope_base: float = 10000
 
     def __post_init__(self) -> None:
-        if self.padded_vocab_size is None:
+        """Fills the derived defaults. Raises ValueError with one line listing every inconsistent value."""
+        for name in ("condense_ratio", "rope_base"):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                setattr(self, name, int(value))
+        if self.padded_vocab_size is None and self.padding_multiple > 0:
             self.padded_vocab_size = find_multiple(self.vocab_size, self.padding_multiple)
         if self.n_query_groups is None:
             self.n_query_groups = self.n_head
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
-        problems = []
+        problems = self._range_problems()
+        if problems:  # the divisibility checks below would divide by zero
+            raise ValueError(f"invalid config {self.name!r}: " + "; ".join(problems))
         if self.n_embd % self.n_head:
             problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_query_groups:
@@ -60,6 +72,18 @@ class Config:
             problems.append(f"padded_vocab_size={self.padded_vocab_size} < vocab_size={self.vocab_size}")
         if problems:
             raise ValueError(f"invalid config {self.name!r}: " + "; ".join(problems))
+
+    def _range_problems(self) -> list:
+        whole = ("block_size", "vocab_size", "padding_multiple", "n_layer", "n_head", "n_embd", "n_query_groups",
+                 "intermediate_size", "padded_vocab_size")
+        problems = [f"{name}={getattr(self, name)} must be at least 1" for name in whole
+                    if getattr(self, name) is not None and getattr(self, name) < 1]
+        # written as `not 0 < x < inf` so that NaN is refused too
+        problems += [f"{name}={getattr(self, name)} must be a positive finite number"
+                     for name in ("condense_ratio", "rope_base", "norm_eps") if not 0 < getattr(self, name) < math.inf]
+        if not 0 < self.rotary_percentage <= 1:
+            problems.append(f"rotary_percentage={self.rotary_percentage} must be in (0, 1]")
+        return problems
 
     @property
     def head_size(self) -> int:
@@ -81,26 +105,100 @@ class Config:
 
     @classmethod
     def from_json(cls, path: Union[str, Path], **overrides: Any) -> "Config":
-        """Reads a `lit_config.json`, ignoring keys this version does not know (older or newer writers)."""
-        data = json.loads(Path(path).read_text())
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in {**data, **overrides}.items() if k in known})
+        """Reads a `lit_config.json` (ours or upstream TinyLlama's: the same keys) strictly: a misspelt key
+        would otherwise leave its field at the default, and a model of the default shape would train under
+        the file's name.
+
+        Raises:
+            ValueError: one line naming `path` and the fault: not JSON (with the line), not an object, an
+                unknown key (with the closest known one), a value of the wrong type (with the expected type),
+                or inconsistent values.
+            OSError: the file cannot be read.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file; expected a lit_config.json") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields, found {type(data).__name__}")
+        data = {**data, **overrides}
+        check_fields(data, str(path))
+        try:
+            return cls(**data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def load(cls, name_or_path: Union[str, Path]) -> "Config":
-        """A registry name, a `lit_config.json` file, or a directory holding one."""
+        """A registry name, a `lit_config.json` file, or a directory holding one.
+
+        Raises:
+            ValueError: one line: an unknown name, a path that does not exist or holds no lit_config.json, or a
+                faulty file (`from_json`).
+        """
         path = Path(name_or_path)
         if path.is_dir():
+            if not (path / "lit_config.json").is_file():
+                raise ValueError(f"{path}: no lit_config.json in this directory; give a config name or the file")
             path = path / "lit_config.json"
         if path.is_file():
             return cls.from_json(path)
         if str(name_or_path) in name_to_config:
             return cls.from_name(str(name_or_path))
+        if path.suffix == ".json":
+            raise ValueError(f"{path}: file not found")
+        close = difflib.get_close_matches(str(name_or_path), name_to_config, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(f"unknown model name {str(name_or_path)!r}: not a registered config nor a lit_config.json "
-                         f"path; known names: {', '.join(sorted(name_to_config))}")
+                         f"path; {hint}known names: {', '.join(sorted(name_to_config))}")
 
     def to_json(self, path: Union[str, Path]) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    def differences(self, other: "Config", ignore: typing.Iterable[str] = ()) -> Dict[str, tuple]:
+        """{field: (self's value, other's value)} for every field that differs, except those in `ignore`."""
+        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)}
+
+
+def check_fields(data: Dict[str, Any], where: str) -> None:
+    """Every key of `data` is a Config field and every value has the field's type (an int is a float too).
+
+    Raises:
+        ValueError: one line naming `where`, the key and the closest known key or the expected type.
+    """
+    hints = typing.get_type_hints(Config)
+    for key, value in data.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}: unknown key {key!r}{hint}; a lit_config.json holds only the fields of "
+                             f"lit_gpt.config.Config: fix or remove it")
+        if not _has_type(value, hints[key]):
+            raise ValueError(f"{where}: {key} must be {_describe(hints[key])}, got {json.dumps(value)}")
+
+
+def _has_type(value: Any, annotation: Any) -> bool:
+    if typing.get_origin(annotation) is Union:
+        return any(_has_type(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if isinstance(value, bool):  # a bool is an int to isinstance, never a number here
+        return annotation is bool
+    if annotation is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+             type(None): "null"}
+    if typing.get_origin(annotation) is Union:
+        return " or ".join(names[a] for a in typing.get_args(annotation))
+    return names[annotation]
 
 
 def param_count(config: Union[Config, dict]) -> int:

@@ -1,17 +1,17 @@
 """HF Llama <-> lit_gpt: configs and state dicts, exact in both directions (reference upstream §5.1-5.2)."""
 
 import json
+import math
 import os
 import re
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
 from lit_gpt.config import Config
+from lit_gpt.files import umask
 from lit_gpt.model import GPT, fuse_qkv, split_qkv
 from lit_gpt.tokenizer import TOKENIZER_FILES, Tokenizer, has_tokenizer  # noqa: F401 - TOKENIZER_FILES re-exported
 from lit_gpt.utils import CheckpointError, check_state_dict
@@ -30,6 +30,7 @@ WEIGHT_MAP = {
 }
 QKV_KEY = "transformer.h.{}.attn.attn.weight"
 HF_QKV_KEYS = tuple(f"model.layers.{{}}.self_attn.{p}_proj.weight" for p in "qkv")
+Number = Union[int, float]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -38,31 +39,118 @@ def expected_shapes(config: Config) -> Dict[str, torch.Size]:
         return {k: v.shape for k, v in GPT(config).state_dict().items()}
 
 
-def hf_config_to_lit(hf: dict, name: str) -> Config:
-    """A `Config` equal to an HF LlamaConfig; refuses features our model does not implement."""
+def hf_config_to_lit(hf: dict, name: str, source: str = "config.json") -> Config:
+    """A `Config` equal to an HF LlamaConfig read from `source`.
+
+    Raises:
+        CheckpointError: one line naming `source` and the setting, for features our model does not implement.
+    """
     arch = hf.get("architectures") or []
     if hf.get("model_type") != "llama" and "LlamaForCausalLM" not in arch:
-        raise CheckpointError(f"config.json describes model_type={hf.get('model_type')!r}, not a Llama model")
+        raise CheckpointError(f"{source} describes model_type={hf.get('model_type')!r}, not a Llama model")
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
-            raise CheckpointError(f"config.json sets {flag}=true; lit_gpt Llama blocks have no biases")
+            raise CheckpointError(f"{source} sets {flag}=true; lit_gpt Llama blocks have no biases")
     if hf.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"config.json sets hidden_act={hf['hidden_act']!r}; only silu (SwiGLU) is supported")
+        raise CheckpointError(f"{source} sets hidden_act={hf['hidden_act']!r}; only silu (SwiGLU) is supported")
+    _check_sizes(hf, source)
     n_head = hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, hf["hidden_size"] // n_head):
-        raise CheckpointError(f"config.json sets head_dim={hf['head_dim']}; lit_gpt needs hidden_size / heads")
-    rope_theta = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000))
-    scaling = hf.get("rope_scaling") or {}
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type not in ("default", "linear"):
-        raise CheckpointError(f"config.json uses rope_scaling type {rope_type!r}; only linear is supported")
+        raise CheckpointError(f"{source} sets head_dim={hf['head_dim']}; lit_gpt needs hidden_size / heads")
+    rope_base, condense_ratio = hf_rope_settings(hf, source)
     return Config(
         name=name, block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
         padded_vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=n_head,
         n_embd=hf["hidden_size"], n_query_groups=hf.get("num_key_value_heads") or n_head,
-        intermediate_size=hf["intermediate_size"], norm_eps=hf["rms_norm_eps"], rotary_percentage=1.0,
+        intermediate_size=hf["intermediate_size"], rotary_percentage=1.0,
+        norm_eps=_positive_number(hf.get("rms_norm_eps", 1e-6), "rms_norm_eps", source),  # LlamaConfig's default
         parallel_residual=False, bias=False, _norm_class="FusedRMSNorm", _mlp_class="LLaMAMLP",
-        condense_ratio=int(scaling.get("factor", 1)) if rope_type == "linear" else 1, rope_base=int(rope_theta))
+        condense_ratio=condense_ratio, rope_base=rope_base)
+
+
+# the sizes every Llama config.json states; a missing one would otherwise surface as a KeyError
+HF_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "max_position_embeddings")
+
+
+def _check_sizes(hf: dict, source: str) -> None:
+    """Raises CheckpointError when one of HF_SIZES is missing, or it or num_key_value_heads is not a positive
+    integer."""
+    for key in (*HF_SIZES, "num_key_value_heads"):
+        value = hf.get(key)
+        if key == "num_key_value_heads" and value is None:
+            continue  # LlamaConfig's default: one key/value head per query head
+        if key not in hf:
+            raise CheckpointError(f"{source} has no {key}; is it a Llama config.json?")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise CheckpointError(f"{source} sets {key}={value!r}; it must be a positive integer")
+
+
+def hf_rope_settings(hf: dict, source: str = "config.json") -> Tuple[Number, Number]:
+    """(rope_base, condense_ratio) of an HF Llama config in either style: transformers 5 keeps the RoPE settings
+    in `rope_parameters`, older versions in `rope_scaling` (`type` or `rope_type`, `factor`) beside a top-level
+    `rope_theta`. Values are kept exactly: ints when integral (upstream's lit_config.json), floats otherwise.
+
+    Raises:
+        CheckpointError: one line naming `source` and the setting, for anything lit_gpt's RoPE does not compute
+            as transformers does: a rope type other than default and linear (llama3, yarn, dynamic, longrope,
+            ...), partial_rotary_factor != 1, a theta or factor that is not a positive number, a linear type
+            without a factor, or one setting given two different values.
+    """
+    found = _rope_settings(hf, source)
+    rope_type, where = found.get("rope_type", ("default", "rope_type"))
+    if rope_type not in ("default", "linear"):
+        raise CheckpointError(f"{source} sets {where}={rope_type!r}; lit_gpt implements only the default and "
+                              "linear RoPE types, so this model cannot be converted exactly")
+    partial, partial_where = found.get("partial_rotary_factor", (1, ""))
+    if partial != 1:
+        raise CheckpointError(f"{source} sets {partial_where}={partial!r}; lit_gpt converts only RoPE over the "
+                              "whole head (partial_rotary_factor 1)")
+    base = _positive_number(*found.get("rope_theta", (10000, "rope_theta")), source)
+    if rope_type == "default":
+        return base, 1
+    if "factor" not in found:
+        raise CheckpointError(f"{source} sets {where}='linear' without a factor; add the scaling factor beside it")
+    return base, _positive_number(*found["factor"], source)
+
+
+def _rope_settings(hf: dict, source: str) -> Dict[str, Tuple[Any, str]]:
+    """RoPE setting -> (value, where it was found) over the top level, `rope_parameters` and `rope_scaling`;
+    `type` is the old spelling of `rope_type`, and null means absent.
+
+    Raises:
+        CheckpointError: a block that is not an object, or one setting with two different values (transformers
+            versions disagree on which wins).
+    """
+    places = [("", {k: hf.get(k) for k in ("rope_theta", "partial_rotary_factor")})]
+    for key in ("rope_parameters", "rope_scaling"):
+        block = hf.get(key)
+        if block is not None and not isinstance(block, dict):
+            raise CheckpointError(f"{source} sets {key}={block!r}; it must be an object")
+        places.append((f"{key}.", block or {}))
+    found: Dict[str, Tuple[Any, str]] = {}
+    for prefix, block in places:
+        for name, value in block.items():
+            setting = "rope_type" if name == "type" else name
+            if value is None:
+                continue
+            if setting in found and found[setting][0] != value:
+                first, where = found[setting]
+                raise CheckpointError(f"{source} sets {where}={first!r} and {prefix}{name}={value!r}; "
+                                      "keep one of them")
+            found.setdefault(setting, (value, prefix + name))
+    return found
+
+
+def _positive_number(value: Any, where: str, source: str) -> Number:
+    """`value` as an int when integral, else as the float it is.
+
+    Raises:
+        CheckpointError: not a finite number > 0 (booleans and strings included).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"{source} sets {where}={value!r}; it must be a positive number")
+    return int(value) if float(value).is_integer() else float(value)
 
 
 def lit_config_to_hf(config: Config, dtype: torch.dtype, bos_id: Optional[int] = 1,
@@ -83,8 +171,12 @@ def lit_config_to_hf(config: Config, dtype: torch.dtype, bos_id: Optional[int] =
         "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
         "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": str(dtype).replace("torch.", ""),
     }
+    # transformers 5 reads rope_parameters, older versions the top-level rope_theta and rope_scaling
+    hf["rope_parameters"] = {"rope_type": "default", "rope_theta": float(config.rope_base)}
     if config.condense_ratio != 1:
-        hf["rope_scaling"] = {"rope_type": "linear", "factor": float(config.condense_ratio)}
+        scaling = {"rope_type": "linear", "factor": float(config.condense_ratio)}
+        hf["rope_parameters"].update(scaling)
+        hf["rope_scaling"] = scaling
     return hf
 
 
@@ -193,17 +285,42 @@ def check_tokenizer_vocab(directory: Path, config: Config) -> None:
 
 
 @contextmanager
-def atomic_output_dir(out_dir: Path) -> Iterator[Path]:
-    """Yields a scratch directory; on success its files replace those of `out_dir`, on error nothing is left."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+def write_errors_name(path: Path) -> Iterator[None]:
+    """Reports a failed write inside the block as an OSError naming `path`, the file the user asked for (the block
+    writes a temporary one). A full disk or a file-size limit reaches Python as an OSError naming no file or the
+    temporary one, a RuntimeError from torch.save's zip writer, or safetensors' SafetensorError.
+
+    Raises:
+        OSError: the write failed; `filename` is `path`, the message gives the cause.
+    """
+    from safetensors import SafetensorError
+
     try:
-        yield tmp
-        out_dir.mkdir(exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        yield
+    except (OSError, RuntimeError, SafetensorError) as e:
+        raise OSError(getattr(e, "errno", None), f"write failed: {_write_cause(e)}", str(path)) from None
+
+
+def _write_cause(e: Exception) -> str:
+    """Why a write failed: the operating system's words where the error carries an errno (safetensors spells it
+    "os error 27"), else the writer's last line without torch's C++ source location."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    code = re.search(r"os error (\d+)", str(e))
+    if code:
+        return os.strerror(int(code.group(1)))
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    detail = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", lines[-1])[:160]
+    return f"disk full or file size limit? ({detail})"
+
+
+def save_safetensors(state: Dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file with the mode the umask asks for: safetensors 0.8 writes a 0600 temporary file
+    and renames it, which group members of a shared cluster could not read."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~umask())
 
 
 def cast(state: Dict[str, torch.Tensor], dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:

@@ -7,11 +7,18 @@ import torch
 from lit_gpt import kernels
 
 
-def build_rope_cache(seq_len: int, n_elem: int, base: int = 10000, condense_ratio: int = 1,
+def build_rope_cache(seq_len: int, n_elem: int, base: float = 10000, condense_ratio: float = 1,
                      device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (seq_len, n_elem // 2), fp32; positions are divided by `condense_ratio`."""
+    """cos and sin of shape (seq_len, n_elem // 2), fp32, for positions divided by `condense_ratio` (linear
+    scaling; any positive float).
+
+    The ratio divides the frequencies, not the positions, in the order transformers' linear RoPE computes them,
+    so a converted model's cache equals transformers' to the bit; for the power-of-two ratios upstream used
+    (code_tiny_LLaMA_1b's 4) both orders give the same floats.
+    """
     inv_freq = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.int64).float() / n_elem))
-    positions = torch.arange(seq_len, device=device, dtype=torch.int64).float() / condense_ratio
+    inv_freq = inv_freq / condense_ratio
+    positions = torch.arange(seq_len, device=device, dtype=torch.int64).float()
     angles = torch.outer(positions, inv_freq)
     return torch.cos(angles), torch.sin(angles)
 

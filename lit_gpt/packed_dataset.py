@@ -52,7 +52,8 @@ class PackedDatasetBuilder:
 
     Nothing is ever padded: upstream filled the last chunk with ``sep_token`` (BOS), which taught its models to
     emit BOS (upstream #83), so here ``sep_token`` is kept only for upstream's signature and ``write_reminder``
-    writes the real tokens alone. Each file appears atomically under its final name.
+    writes the real tokens alone. Each file appears atomically under its final name. ``max_token_id`` is the
+    largest token id written so far (-1 before any).
     """
 
     def __init__(self, outdir: Union[str, Path], prefix: str, chunk_size: int, sep_token: int,
@@ -67,6 +68,7 @@ class PackedDatasetBuilder:
         self._code = code(self.dtype)
         self.sep_token = sep_token
         self.tokens_written = 0
+        self.max_token_id = -1
         self._outdir = Path(outdir)
         self._prefix = prefix
         self._chunk_size = chunk_size
@@ -104,14 +106,19 @@ class PackedDatasetBuilder:
         path = self._outdir / f"{self._prefix}_{self._counter:010d}.bin"
         # a dot name: an interrupted write must not match the `{prefix}*` globs that training uses
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(_HEADER.pack(HDR_MAGIC, VERSION, self._code, n_tokens))
-            f.write(self._arr[:n_tokens].tobytes(order="C"))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(_HEADER.pack(HDR_MAGIC, VERSION, self._code, n_tokens))
+                f.write(self._arr[:n_tokens].tobytes(order="C"))
+            os.replace(tmp, path)
+        except OSError as e:  # a write error names no file: name it, and leave no partial file
+            tmp.unlink(missing_ok=True)
+            raise OSError(e.errno, f"writing failed: {e.strerror or e}", str(path)) from None
         self._filenames.append(str(path))
         self._counter += 1
         self._idx = 0
         self.tokens_written += n_tokens
+        self.max_token_id = max(self.max_token_id, int(self._arr[:n_tokens].max()))
 
 
 class PackedDataset(IterableDataset):
@@ -127,10 +134,15 @@ class PackedDataset(IterableDataset):
     the same prefix again, e.g. for validation, ``load_state_dict`` a state saved before). Iterate it in the
     main process (``DataLoader(num_workers=0)``, as upstream does), one iterator at a time. ``wrap`` is
     accepted for upstream's signature; the stream always wraps, as upstream's does.
+
+    With ``vocab_size`` (the model's embedding rows) each file's token ids are checked the first time it is
+    loaded: one pass over data that is read anyway, where an id out of range would otherwise fail mid-training
+    with an IndexError (a device-side assert on a GPU). Raises ValueError naming the file.
     """
 
     def __init__(self, filenames: Sequence[Union[str, Path]], n_chunks: int, block_size: int, seed: int = 12345,
-                 shuffle: bool = True, wrap: bool = False, num_processes: int = 1, process_rank: int = 0) -> None:
+                 shuffle: bool = True, wrap: bool = False, num_processes: int = 1, process_rank: int = 0,
+                 vocab_size: Optional[int] = None) -> None:
         if not 0 <= process_rank < num_processes:
             raise ValueError(f"process_rank {process_rank} is outside 0..{num_processes - 1}")
         if len(filenames) < num_processes:
@@ -144,6 +156,8 @@ class PackedDataset(IterableDataset):
         self._n_chunks, self._block_size, self._seed, self._shuffle = n_chunks, block_size, seed, shuffle
         self._num_processes, self._process_rank = num_processes, process_rank
         self._epoch = self._start = self._pos = self._blocks = 0
+        self._vocab_size = vocab_size
+        self._checked: set = set()  # files whose token ids are known to fit the vocabulary
 
     def state_dict(self) -> Dict[str, Any]:
         """JSON-safe position: epoch, first file of the buffer, index into its permutation, blocks yielded."""
@@ -222,10 +236,21 @@ class PackedDataset(IterableDataset):
                 raise ValueError(f"{path}: truncated, its header promises {chunk_size} tokens")
             n_blocks = chunk_size // self._block_size
             if n_blocks:
-                maps.append(np.memmap(path, dtype=dtype, mode="r", offset=HDR_SIZE,
-                                      shape=(n_blocks * self._block_size,)))
+                tokens = np.memmap(path, dtype=dtype, mode="r", offset=HDR_SIZE, shape=(n_blocks * self._block_size,))
+                self._check_ids(path, tokens)
+                maps.append(tokens)
                 counts.append(n_blocks)
         return maps, np.cumsum(counts, dtype=np.int64)
+
+    def _check_ids(self, path: str, tokens: np.memmap) -> None:
+        if self._vocab_size is None or path in self._checked:
+            return
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= self._vocab_size:
+            raise ValueError(f"{path}: token id {high if high >= self._vocab_size else low} is outside the model's "
+                             f"vocabulary (0..{self._vocab_size - 1}): the data was made with another tokenizer; "
+                             "use a model whose vocab_size covers it, or tokenize the data with the model's")
+        self._checked.add(path)
 
 
 class CombinedDataset(IterableDataset):

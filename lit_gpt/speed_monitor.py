@@ -1,7 +1,9 @@
 """FLOPs accounting, MFU, and the metrics a run writes (metrics.csv, TensorBoard, wandb, the log line)."""
 
 import csv
+import io
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -9,6 +11,7 @@ from typing import Dict, Optional
 import torch
 
 from lit_gpt.config import Config, param_count
+from lit_gpt.files import write_text
 
 # dense bf16 peak of one device (no sparsity), FLOP/s; matched against torch.cuda.get_device_name()
 GPU_PEAK_BF16 = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "a10g": 125e12, "l40s": 362e12, "l4": 121e12,
@@ -51,19 +54,22 @@ class MetricsLogger:
                "elapsed_sec"]
 
     def __init__(self, out_dir: Path, kind: str, resume_step: Optional[int], run_name: str) -> None:
+        """Raises OSError naming the file or directory that cannot be written."""
         self.path = out_dir / "metrics.csv"
         rows = []
         if resume_step is not None and self.path.is_file():
             with self.path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, self.COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, self.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.path, text.getvalue())  # whole or not at all: a full disk loses no rows
         self.backend = None
         if kind == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
+            _quiet_tensorboard_thread()
             self.backend = SummaryWriter(str(out_dir / "tensorboard"))
         elif kind == "wandb":
             import wandb
@@ -71,16 +77,24 @@ class MetricsLogger:
             self.backend = wandb.init(project="tinyllama-growth", name=run_name, dir=str(out_dir), resume="allow")
 
     def log(self, metrics: Dict[str, float]) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, self.COLUMNS).writerow({k: metrics.get(k, "") for k in self.COLUMNS})
+        """Raises OSError naming metrics.csv or the TensorBoard directory when a write fails (a full disk)."""
+        try:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, self.COLUMNS).writerow({k: metrics.get(k, "") for k in self.COLUMNS})
+        except OSError as e:  # a failed write to an open file names no file
+            raise OSError(e.errno, f"cannot append a row: {e.strerror or e}", str(self.path)) from None
         step = int(metrics["step"])
         scalars = {k: v for k, v in metrics.items() if k != "step" and v is not None and v != ""}
         if self.backend is None:
             return
         if hasattr(self.backend, "add_scalar"):
-            for k, v in scalars.items():
-                self.backend.add_scalar(k, v, step)
-            self.backend.flush()
+            try:
+                for k, v in scalars.items():
+                    self.backend.add_scalar(k, v, step)
+                self.backend.flush()
+            except OSError as e:
+                raise OSError(e.errno, f"cannot write TensorBoard events: {e.strerror or e}",
+                              self.backend.log_dir) from None
         else:
             self.backend.log(scalars, step=step)
 
@@ -89,6 +103,22 @@ class MetricsLogger:
             self.backend.close()
         elif self.backend is not None:
             self.backend.finish()
+
+
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard writes events from its own thread; a failed write (a full disk) is stored for the main thread,
+    which raises it at the next add_scalar/flush (our one error line), and is also re-raised in the thread,
+    whose traceback would be a second report. This drops only that second one."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_tensorboard", False):
+        return
+
+    def hook(args) -> None:
+        if not (issubclass(args.exc_type, OSError) and type(args.thread).__module__.startswith("tensorboard.")):
+            previous(args)
+
+    hook.quiet_tensorboard = True
+    threading.excepthook = hook
 
 
 class Throughput:

@@ -74,12 +74,36 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or does not match what it should hold."""
 
 
+def error_line(e: BaseException) -> Optional[str]:
+    """The one line a command prints for an expected failure, or None for a bug (which keeps its traceback).
+
+    Expected: ValueError (bad input, CheckpointError), OSError (a path that cannot be read or written, a full
+    disk) and torch.distributed.checkpoint's CheckpointException, which derives from BaseException."""
+    from lit_gpt.files import os_error_line
+
+    if isinstance(e, OSError):
+        return os_error_line(e)
+    if isinstance(e, ValueError):
+        return str(e)
+    if type(e).__name__ == "CheckpointException":
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        return "a distributed checkpoint could not be read or written: " + (lines[-1] if lines else type(e).__name__)
+    return None
+
+
 def exit_code(action: Callable[[], Any]) -> int:
-    """Runs a command-line action: bad input becomes one `error:` line on stderr and exit code 1."""
+    """Runs a command-line action: an expected failure (`error_line`) becomes one `error:` line on stderr and
+    exit code 1; Ctrl-C one line and 130."""
     try:
         action()
-    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
+        line = error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 1
     return 0
 

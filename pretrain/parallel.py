@@ -6,15 +6,21 @@ import logging
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from lit_gpt import GPT, Config
+from lit_gpt import checkpoint as ckpt
 from lit_gpt.distributed import launch_rank
 from lit_gpt.materialize import init_parameters, load_parameters, open_weights
 from lit_gpt.model import _plain_name
 from lit_gpt.utils import return_freed_memory
-from pretrain.train_args import TrainArgs, UsageError
+from pretrain.train_args import DEFAULT_MODEL, TrainArgs, UsageError
+
+# fields a --model_name may change against the config beside --initial_checkpoint: labels, the RoPE cache length
+# (a longer context) and the RMSNorm kernel; every other field fixes the weights' shapes or the function
+_FREE_FIELDS = ("org", "name", "block_size", "_norm_class")
 
 
 def initial_weights_path(args: TrainArgs) -> Path:
@@ -25,6 +31,57 @@ def initial_weights_path(args: TrainArgs) -> Path:
                 return path / name
         raise UsageError(f"--initial_checkpoint {path}: no lit_model.pth or lit_model.safetensors in it")
     return path
+
+
+def model_config(args: TrainArgs) -> Config:
+    """The run's model: --model_name; else the lit_config.json beside --initial_checkpoint; else the config of the
+    checkpoint a resume reads (--resume DIR, or the newest step-* in out_dir for auto); else DEFAULT_MODEL.
+    Sets args.model_name to the one used, so the checkpoints' hparams say which it was.
+
+    Raises:
+        UsageError: --model_name disagrees with the config beside --initial_checkpoint, or --initial_checkpoint
+            is missing, or has no config beside it and no --model_name is given.
+        ValueError: a faulty config file (`Config.from_json`), or an unknown name.
+    """
+    beside = _config_beside_initial(args)
+    if args.model_name is not None:
+        config = Config.load(args.model_name)
+        if beside is not None:
+            _check_agrees(args.model_name, config, beside)
+        return config
+    if args.initial_checkpoint:
+        if beside is None:
+            raise UsageError(f"--initial_checkpoint {args.initial_checkpoint}: no lit_config.json beside its weights; "
+                             "pass --model_name NAME_OR_JSON")
+        source = beside
+    else:
+        resumed = ckpt.find_resumable(Path(args.out_dir), lambda line: None) if args.resume == "auto" else (
+            Path(args.resume) if args.resume else None)
+        source = resumed / "lit_config.json" if resumed is not None else None
+    if source is None or not source.is_file():  # a resume without a config is reported by its own check
+        args.model_name = DEFAULT_MODEL
+        return Config.from_name(DEFAULT_MODEL)
+    args.model_name = str(source)
+    return Config.from_json(source)
+
+
+def _config_beside_initial(args: TrainArgs) -> Optional[Path]:
+    """The lit_config.json beside --initial_checkpoint's weights, or None (no --initial_checkpoint, or no file)."""
+    if not args.initial_checkpoint:
+        return None
+    weights = initial_weights_path(args)
+    if not weights.is_file():
+        raise UsageError(f"--initial_checkpoint {args.initial_checkpoint}: not found")
+    beside = weights.parent / "lit_config.json"
+    return beside if beside.is_file() else None
+
+
+def _check_agrees(model_name: str, config: Config, beside: Path) -> None:
+    diff = config.differences(Config.from_json(beside), ignore=_FREE_FIELDS)
+    if diff:
+        shown = ", ".join(f"{k} {a} vs {b}" for k, a, b in ((k, *v) for k, v in diff.items()))
+        raise UsageError(f"--model_name {model_name} disagrees with {beside} beside --initial_checkpoint ({shown}); "
+                         "drop --model_name to train the checkpoint's own model")
 
 
 def growth_record(args: TrainArgs) -> dict:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_gpt import Config, FusedCrossEntropyLoss  # noqa: E402
 from lit_gpt import checkpoint as ckpt  # noqa: E402
 from lit_gpt.convert import expected_shapes  # noqa: E402
+from lit_gpt.data_record import DataTokenizer, check_training_data  # noqa: E402
 from lit_gpt.distributed import (Agreement, RankFailure, Stopped, Watchdog, check_slurm_layout,  # noqa: E402
                                  externally_launched, launch_local, launch_rank, on_rank_zero)
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
@@ -41,8 +42,8 @@ from lit_gpt.materialize import open_weights  # noqa: E402
 from lit_gpt.model import set_width_ramps  # noqa: E402
 from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, flops_per_token, format_duration  # noqa: E402,E501
-from lit_gpt.utils import check_state_dict  # noqa: E402
-from pretrain.parallel import growth_record, initial_weights_path, make_fabric, setup_model  # noqa: E402
+from lit_gpt.utils import check_state_dict, error_line  # noqa: E402
+from pretrain.parallel import growth_record, initial_weights_path, make_fabric, model_config, setup_model  # noqa: E402
 from pretrain.train_args import TrainArgs, UsageError  # noqa: E402
 
 
@@ -68,17 +69,19 @@ def data_files(directory: Path, prefix: str, check: bool = False) -> list:
     return files
 
 
-def tokenizer_dir(args: TrainArgs) -> Optional[Path]:
-    if args.tokenizer_dir:
-        return Path(args.tokenizer_dir)
-    guess = Path(args.train_data_dir).parent / "tokenizer"
-    return guess if guess.is_dir() else None
+def data_tokenizer(args: TrainArgs, config: Config) -> DataTokenizer:
+    """The run's tokenizer (--tokenizer_dir, else the one the data's records name, else
+    <train_data_dir>/../tokenizer), checked against the data's records and the model's vocabulary."""
+    files = [f for prefix in args.data_prefixes for f in data_files(Path(args.train_data_dir), prefix)]
+    if args.eval_interval:
+        files += data_files(Path(args.val_data_dir or args.train_data_dir), args.val_prefix)
+    return check_training_data(files, args.tokenizer_dir, config, Path(args.train_data_dir).parent / "tokenizer")
 
 
 def validate(args: TrainArgs) -> Config:
     """Everything that can be checked before processes start and memory is spent."""
     args.check()
-    config = Config.load(args.model_name)
+    config = model_config(args)
     for d in {args.train_data_dir, args.val_data_dir or args.train_data_dir}:
         if not Path(d).is_dir():
             raise UsageError(f"data directory not found: {d}")
@@ -88,14 +91,7 @@ def validate(args: TrainArgs) -> Config:
         data_files(Path(args.val_data_dir or args.train_data_dir), args.val_prefix, check=True)
     if args.data_weights and len(args.data_weights) != len(args.data_prefixes):
         raise UsageError("--data_weights needs one weight per --data_prefixes entry")
-    tok = tokenizer_dir(args)
-    if tok is not None:
-        from lit_gpt import Tokenizer
-
-        vocab = Tokenizer(tok).vocab_size
-        if vocab > config.padded_vocab_size:
-            raise UsageError(f"the tokenizer in {tok} has {vocab} tokens but model {config.name} has only "
-                             f"{config.padded_vocab_size} embedding rows; pick a model with a larger vocab_size")
+    data_tokenizer(args, config)
     try:
         check_slurm_layout(args.devices, args.num_nodes)
     except ValueError as e:
@@ -114,21 +110,36 @@ def validate(args: TrainArgs) -> Config:
                          "grow it with `python -m growth grow --carry_optimizer` from a training checkpoint")
     if args.resume and args.resume != "auto":
         path = Path(args.resume)
-        if not (path / "meta.json").is_file():
-            raise UsageError(f"--resume {path}: not a complete training checkpoint (no meta.json)")
+        try:
+            ckpt.check_intact(path)  # damage is found here, before processes start and the model is built
+        except ValueError as e:
+            raise UsageError(f"--resume: {e}") from None
         ckpt.check_config(path, config)
-    elif args.resume == "auto" and (latest := ckpt.find_latest(Path(args.out_dir))) is not None:
-        ckpt.check_config(latest, config)
+    elif args.resume == "auto" and (latest := ckpt.find_resumable(Path(args.out_dir), lambda line: None)):
+        ckpt.check_config(latest, config)  # its warnings come from `resume_point`, once, on rank 0
     return config
 
 
-def create_train_loader(args: TrainArgs, block: int, accumulation: int, fabric) -> GlobalBatchLoader:
+def resume_point(fabric, args: TrainArgs, out_dir: Path) -> Optional[Path]:
+    """Collective: the checkpoint to resume from. For `--resume auto` rank 0 alone looks (and prints one
+    `warning:` line per damaged checkpoint it passes over) and tells the others, so every rank loads the same
+    one even if a shared file system shows them different files."""
+    if args.resume != "auto":
+        return Path(args.resume) if args.resume else None
+    found = []
+    on_rank_zero(fabric, lambda: found.append(
+        ckpt.find_resumable(out_dir, lambda line: print(line, file=sys.stderr, flush=True))))
+    path = found[0] if found else None
+    return fabric.broadcast(path, src=0) if fabric.world_size > 1 else path
+
+
+def create_train_loader(args: TrainArgs, block: int, accumulation: int, fabric, vocab_size: int) -> GlobalBatchLoader:
     datasets = []
     for i, prefix in enumerate(args.data_prefixes):
         files = data_files(Path(args.train_data_dir), prefix)
         random.Random(args.seed).shuffle(files)
         datasets.append(PackedDataset(files, n_chunks=args.n_chunks, block_size=block + 1, seed=args.seed + i,
-                                      shuffle=True, num_processes=1, process_rank=0))
+                                      shuffle=True, num_processes=1, process_rank=0, vocab_size=vocab_size))
     weights = args.data_weights or [1.0] * len(datasets)
     dataset = datasets[0] if len(datasets) == 1 else CombinedDataset(datasets, seed=args.seed, weights=weights)
     return GlobalBatchLoader(dataset, args.micro_batch_size, accumulation, fabric.global_rank, fabric.world_size)
@@ -142,7 +153,8 @@ def validate_loss(fabric, model, args: TrainArgs, block: int, loss_fn) -> float:
     forward under FSDP (and DDP, which broadcasts buffers) is a collective: a rank with fewer batches would
     leave the others waiting forever. The last round is padded with a repeated batch of weight 0."""
     files = data_files(Path(args.val_data_dir or args.train_data_dir), args.val_prefix)
-    stream = iter(PackedDataset(files, n_chunks=args.n_chunks, block_size=block + 1, shuffle=False))
+    stream = iter(PackedDataset(files, n_chunks=args.n_chunks, block_size=block + 1, shuffle=False,
+                                vocab_size=model.config.padded_vocab_size))
     world, rank = fabric.world_size, fabric.global_rank
     rounds = -(-args.eval_iters // world)
     model.eval()
@@ -171,6 +183,9 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     rank, world = fabric.global_rank, fabric.world_size
     watchdog = Watchdog(rank, world, args.collective_timeout * 60)
     log = partial(print, flush=True) if rank == 0 else (lambda *a, **k: None)  # once per job, not per node
+    tokenizer = data_tokenizer(args, config)
+    if tokenizer.warning and rank == 0:
+        print(f"warning: {tokenizer.warning}", file=sys.stderr, flush=True)
     watchdog.phase("start-up (building, sharding and initialising the model)")
     block = args.block_size or config.block_size
     accumulation = args.global_batch_size // (args.micro_batch_size * world)
@@ -182,11 +197,11 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     growth = growth_record(args)
     masked, width = growth.get("masked_layers") or [], growth.get("width_masks")
     model, optimizer = setup_model(fabric, args, config, strategy_name)
-    loader = create_train_loader(args, block, accumulation, fabric)
+    loader = create_train_loader(args, block, accumulation, fabric, config.padded_vocab_size)
     loss_fn = FusedCrossEntropyLoss()
 
     step, tokens, flops, resume_step, skipped = 0, 0, 0.0, None, 0
-    resume_path = ckpt.find_latest(out_dir) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    resume_path = resume_point(fabric, args, out_dir)
     if resume_path is not None:
         watchdog.phase(f"loading {resume_path}")
         meta = ckpt.load(fabric, resume_path, model.module, optimizer.optimizer)
@@ -286,8 +301,9 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     if last_saved != step:
         save()
     watchdog.phase("writing the final export")
-    ckpt.export_weights(fabric, model.module, config, out_dir / "final", tokenizer_dir(args),
-                        {"step": step, "tokens": tokens, "flops": flops, "stream_tokens": skipped + tokens})
+    ckpt.export_weights(fabric, model.module, config, out_dir / "final", tokenizer.directory,
+                        {"step": step, "tokens": tokens, "flops": flops, "stream_tokens": skipped + tokens,
+                         "tokenizer": tokenizer.entry})
     if logger:
         agreement.attempt(logger.close)
     agreement.check(fabric)  # a failure of rank 0's last metrics row or pruning is not lost
@@ -319,6 +335,16 @@ def requeue(fabric, signum: int) -> bool:
     return bool(fabric.broadcast(done, src=0)) if fabric.world_size > 1 else done
 
 
+def make_out_dir(out_dir: Path) -> None:
+    """Raises UsageError naming --out_dir when it cannot be created (e.g. a path below a regular file)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = "it or a directory above it is a regular file" if isinstance(
+            e, (FileExistsError, NotADirectoryError)) else e.strerror or str(e)
+        raise UsageError(f"--out_dir {out_dir} cannot be created: {reason}") from None
+
+
 def run(argv=None) -> int:
     """The command line; returns the exit code (module docstring)."""
     from lit_gpt.cli import parse
@@ -331,7 +357,7 @@ def run(argv=None) -> int:
     def launch() -> int:
         nonlocal started
         config = validate(args)
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        make_out_dir(Path(args.out_dir))
         if args.devices * args.num_nodes > 1 and not externally_launched():
             return launch_local(args.devices, [str(Path(__file__).resolve()), *argv])
         fabric, strategy_name = make_fabric(args)
@@ -365,7 +391,7 @@ def run(argv=None) -> int:
                f"{str(e).strip().splitlines()[0][:200]}")
         return 1
     except (ValueError, OSError) as e:  # bad input, CheckpointError, a file that cannot be written
-        report(f"error: {e}")
+        report(f"error: {error_line(e)}")
         return 1
 
 

@@ -3,6 +3,10 @@
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from lit_gpt.cli import whole_count
+
+DEFAULT_MODEL = "4L128H"  # the model of a run that names none and starts from no checkpoint
+
 
 class UsageError(ValueError):
     """Bad input found before any work: reported as one line."""
@@ -14,7 +18,9 @@ def _h(text: str, **extra) -> dict:
 
 @dataclass
 class TrainArgs:
-    model_name: str = field(default="4L128H", metadata=_h("config name, or a lit_config.json path"))
+    model_name: Optional[str] = field(default=None, metadata=_h(
+        "config name, or a lit_config.json path (default: the lit_config.json beside --initial_checkpoint, else "
+        f"the resumed checkpoint's, else {DEFAULT_MODEL})"))
     train_data_dir: str = field(default="data/sample/packed", metadata=_h("directory of packed *.bin files"))
     val_data_dir: Optional[str] = field(default=None, metadata=_h("validation *.bin directory (default: train's)"))
     data_prefixes: List[str] = field(default_factory=lambda: ["train_slimpajama"],
@@ -36,7 +42,8 @@ class TrainArgs:
     micro_batch_size: int = field(default=8, metadata=_h("sequences per forward pass per process"))
     block_size: Optional[int] = field(default=None, metadata=_h("training sequence length (default: the model's)"))
     max_steps: Optional[int] = field(default=None, metadata=_h("optimizer steps to run (or give --max_tokens)"))
-    max_tokens: Optional[int] = field(default=None, metadata=_h("tokens to train on; sets max_steps"))
+    max_tokens: Optional[int] = field(default=None, metadata=_h(
+        "tokens to train on, e.g. 400000, 2e4, 1.5M, 5B; sets max_steps", parse=whole_count))
     learning_rate: float = field(default=4e-4, metadata=_h("peak learning rate"))
     min_lr: float = field(default=4e-5, metadata=_h("learning rate at the end of the cosine"))
     warmup_steps: int = field(default=100, metadata=_h("linear warm-up steps from 0"))
@@ -57,7 +64,7 @@ class TrainArgs:
         "start from these weights (lit_model.pth or a directory holding it) with a fresh optimizer"))
     skip_tokens: Optional[int] = field(default=None, metadata=_h(
         "skip this many tokens of the training stream first (default: the base model's tokens from the "
-        "growth.json beside --initial_checkpoint, else 0)"))
+        "growth.json beside --initial_checkpoint, else 0); takes 5B, 2e4 like --max_tokens", parse=whole_count))
     optimizer_state: str = field(default="reset", metadata=_h(
         "with --initial_checkpoint: reset (fresh AdamW, the paper's choice) or carry (the base model's moments "
         "mapped by `python -m growth grow --carry_optimizer`)", choices=["reset", "carry"]))
@@ -99,7 +106,8 @@ class TrainArgs:
                              f"processes = {self.micro_batch_size} x {world}")
         if (self.max_steps is None) == (self.max_tokens is None):
             raise UsageError("give exactly one of --max_steps and --max_tokens")
-        if (self.max_steps or 0) < 0 or (self.max_tokens or 0) < 0:
-            raise UsageError("--max_steps and --max_tokens cannot be negative")
+        for name in ("max_steps", "max_tokens", "skip_tokens"):
+            if (getattr(self, name) or 0) < 0:
+                raise UsageError(f"--{name} cannot be negative, got {getattr(self, name)}")
         if self.keep_last is not None and self.keep_last < 1:
             raise UsageError("--keep_last must be at least 1 (the checkpoint a resume needs)")

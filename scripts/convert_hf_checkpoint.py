@@ -1,9 +1,11 @@
 """Convert an HF Llama checkpoint directory into lit_gpt's `lit_model.pth` + `lit_config.json`.
 
     python scripts/convert_hf_checkpoint.py --checkpoint_dir checkpoints/TinyLlama-1.1B
+
+Both files are written into the checkpoint directory, under temporary names renamed when both are complete;
+existing ones are replaced only with --force.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -11,32 +13,49 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.convert import (DTYPES, atomic_output_dir, cast, check_tokenizer_vocab,  # noqa: E402
-                             copy_weights_hf_llama, hf_config_to_lit, load_hf_state_dict, read_json)
+from lit_gpt.convert import (DTYPES, cast, check_tokenizer_vocab, copy_weights_hf_llama,  # noqa: E402
+                             hf_config_to_lit, load_hf_state_dict, read_json, write_errors_name)
+from lit_gpt.files import atomic_file, check_writable_target  # noqa: E402
 from lit_gpt.utils import CheckpointError, exit_code  # noqa: E402
 
 
-def convert_hf_checkpoint(checkpoint_dir: Path, model_name: str = None, dtype: str = None) -> Config:
+def convert_hf_checkpoint(checkpoint_dir: Path, model_name: str = None, dtype: str = None,
+                          force: bool = False) -> Config:
+    """Writes `lit_model.pth` and `lit_config.json` into `checkpoint_dir`.
+
+    Raises:
+        CheckpointError: a missing directory, config or weights, or a model lit_gpt cannot represent exactly.
+        ValueError: an output file exists and `force` is not set.
+        OSError: an output cannot be written (the error names it); nothing is left behind.
+    """
     if not checkpoint_dir.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {checkpoint_dir}")
+    weights_path, config_path = checkpoint_dir / "lit_model.pth", checkpoint_dir / "lit_config.json"
+    for target in (weights_path, config_path):
+        check_writable_target(target, force)
     if model_name is not None:
         config = Config.from_name(model_name)
     else:
-        config = hf_config_to_lit(read_json(checkpoint_dir / "config.json"), name=checkpoint_dir.name)
+        source = checkpoint_dir / "config.json"
+        config = hf_config_to_lit(read_json(source), name=checkpoint_dir.name, source=str(source))
     check_tokenizer_vocab(checkpoint_dir, config)
     print(f"reading {checkpoint_dir}", file=sys.stderr)
     state = copy_weights_hf_llama(config, load_hf_state_dict(checkpoint_dir))
     state = cast(state, DTYPES[dtype] if dtype else None)
-    with atomic_output_dir(checkpoint_dir) as tmp:
-        torch.save(state, tmp / "lit_model.pth")
-        config.to_json(tmp / "lit_config.json")
-    print(f"wrote {checkpoint_dir / 'lit_model.pth'} and lit_config.json ({config.name})", file=sys.stderr)
+    # nested: neither file is renamed into place unless both were written
+    with atomic_file(weights_path) as weights_tmp, atomic_file(config_path) as config_tmp:
+        with write_errors_name(weights_path):
+            torch.save(state, weights_tmp)
+        with write_errors_name(config_path):
+            config.to_json(config_tmp)
+    print(f"wrote {weights_path} and lit_config.json ({config.name})", file=sys.stderr)
     return config
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint_dir", type=Path, required=True,
                         help="HF directory with config.json and *.safetensors or pytorch_model*.bin; "
                              "the lit files are written into it")
@@ -44,8 +63,10 @@ def main(argv=None) -> int:
                         help="a lit_gpt config name to use instead of reading config.json")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="cast the weights (default: keep the checkpoint's dtype)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace lit_model.pth and lit_config.json if the directory already has them")
     args = parser.parse_args(argv)
-    return exit_code(lambda: convert_hf_checkpoint(args.checkpoint_dir, args.model_name, args.dtype))
+    return exit_code(lambda: convert_hf_checkpoint(args.checkpoint_dir, args.model_name, args.dtype, args.force))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Convert a lit_gpt checkpoint into an HF Llama directory that `LlamaForCausalLM.from_pretrained` loads.
 
     python scripts/convert_lit_checkpoint.py --checkpoint_path out/run/lit_model.pth --out_dir out/run/hf
+
+The directory is written under a temporary name and renamed when complete; an existing non-empty one is
+replaced only with --force.
 """
 
-import argparse
 import json
 import shutil
 import sys
@@ -11,16 +13,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.convert import (TOKENIZER_FILES, atomic_output_dir, check_tokenizer_vocab,  # noqa: E402
-                             copy_weights_llama, lit_config_to_hf)
+from lit_gpt.convert import (TOKENIZER_FILES, check_tokenizer_vocab, copy_weights_llama,  # noqa: E402
+                             lit_config_to_hf, save_safetensors, write_errors_name)
+from lit_gpt.files import atomic_dir, check_writable_target  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer, has_tokenizer  # noqa: E402
 from lit_gpt.utils import CheckpointError, exit_code, load_state_dict  # noqa: E402
 
 
-def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str = None) -> Config:
+def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str = None,
+                           force: bool = False) -> Config:
+    """Writes `out_dir` with config.json, model.safetensors and the tokenizer files beside the checkpoint.
+
+    Raises:
+        CheckpointError: a missing or unreadable checkpoint, or one that does not match its config.
+        ValueError: `out_dir` exists and is not empty and `force` is not set, or it holds the checkpoint.
+        OSError: `out_dir` cannot be written (the error names the path); nothing is left behind.
+    """
     if not checkpoint_path.is_file():
         raise CheckpointError(f"checkpoint file not found: {checkpoint_path}")
+    check_writable_target(out_dir, force, inputs={"the checkpoint": checkpoint_path}, what=f"--out_dir {out_dir}")
     source_dir = checkpoint_path.parent
     if model_name is not None:
         config = Config.from_name(model_name)
@@ -34,15 +47,15 @@ def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str
     bos_id, eos_id = _special_ids(source_dir)
     hf_config = lit_config_to_hf(config, dtype, bos_id, eos_id)
 
-    from safetensors.torch import save_file
-
-    with atomic_output_dir(out_dir) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    with atomic_dir(out_dir) as tmp:
+        with write_errors_name(out_dir / "model.safetensors"):
+            save_safetensors(state, tmp / "model.safetensors")
+        with write_errors_name(out_dir / "config.json"):
+            (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         for name in TOKENIZER_FILES:
             if (source_dir / name).is_file():
-                shutil.copy2(source_dir / name, tmp / name)
+                with write_errors_name(out_dir / name):
+                    shutil.copy2(source_dir / name, tmp / name)
     print(f"wrote {out_dir} ({config.name}, {dtype})", file=sys.stderr)
     return config
 
@@ -55,15 +68,17 @@ def _special_ids(directory: Path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint_path", type=Path, required=True,
                         help="lit_model.pth / .safetensors, or a training checkpoint with the weights under 'model'")
     parser.add_argument("--out_dir", type=Path, required=True,
                         help="HF directory to write (config.json, model.safetensors, tokenizer files)")
     parser.add_argument("--model_name", default=None,
                         help="a lit_gpt config name (default: lit_config.json beside the checkpoint)")
+    parser.add_argument("--force", action="store_true", help="replace --out_dir if it exists and is not empty")
     args = parser.parse_args(argv)
-    return exit_code(lambda: convert_lit_checkpoint(args.checkpoint_path, args.out_dir, args.model_name))
+    return exit_code(lambda: convert_lit_checkpoint(args.checkpoint_path, args.out_dir, args.model_name,
+                                                    args.force))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,9 @@ Each model is then scored on validation loss (the first 128 validation blocks, ~
 point) and the offline sample tasks (eval/tasks/), and out/demo/report.md, out/demo/curves.png and
 out/demo/results.json are written. Two runs go at a time, one thread each.
 
-    python scripts/demo.py [--seed 3407] [--tokens 400000] [--out out/demo]
+    python scripts/demo.py [--seed 3407] [--tokens 400000] [--out_dir out/demo]
 """
 
-import argparse
 import csv
 import json
 import math
@@ -31,6 +30,7 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 from eval import speedup as sp  # noqa: E402
 from lit_gpt.config import Config, param_count  # noqa: E402
 from lit_gpt.speed_monitor import flops_per_token  # noqa: E402
@@ -94,24 +94,62 @@ def latest_step(run_dir: Path) -> int:
         return 0
 
 
+OUTPUTS = {*RUNS, *(f"{n}-grown" for n in ("stack", "zero")), "eval", "curves.png", "results.json", "report.md",
+           *(f"{n}.log" for n in (*RUNS, *(f"eval-{r}" for r in RUNS)))}
+MARKER = ".demo-output"
+
+
+def prepare_out(out: Path, force: bool) -> None:
+    """Empties `out` for a new demo, deleting only what an earlier demo wrote there (or anything, with --force).
+
+    Raises:
+        ValueError: `out` holds files the demo did not write and `force` is off, or `out` is a file.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out_dir {out} is a file; give a directory")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and p.name != MARKER)
+        if foreign and not (out / MARKER).is_file() and not force:
+            raise ValueError(f"--out_dir {out} holds files the demo did not write ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}); choose another directory or pass --force "
+                             "to delete them")
+        for name in sorted(p.name for p in out.iterdir()):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by scripts/demo.py; the next demo with this --out_dir replaces this directory\n")
+
+
+def check_call(cmd: List[str], what: str) -> None:
+    """Runs a step whose own output the user sees; a failure is one line (its error is printed above)."""
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        raise SystemExit(f"error: {what} failed (its error is above): {' '.join(map(str, cmd))}")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--seed", type=int, default=3407, help="seed of init and data order of every run")
     p.add_argument("--tokens", type=int, default=400_000,
                    help="the budget C, in tokens of the 8-layer scratch run (default 400k: ~9 min on 2 cores)")
     p.add_argument("--base_fraction", type=float, default=0.3, help="d, the base's share of C (default 0.3)")
-    p.add_argument("--out", type=Path, default=ROOT / "out" / "demo", help="output directory (replaced)")
+    p.add_argument("--out_dir", "--out", type=Path, default=ROOT / "out" / "demo",
+                   help="output directory; an earlier demo's output there is replaced, anything else refused")
+    p.add_argument("--force", action="store_true", help="empty --out_dir even if it holds files the demo did not write")
     args = p.parse_args(argv)
-    out = args.out.resolve()
+    out = args.out_dir.resolve()
     t0 = time.time()
-    subprocess.run(python("scripts/prepare_sample_data.py", "--out", "data/sample"), check=True, cwd=ROOT)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     if not 0 < args.base_fraction < 1:
-        raise SystemExit(f"error: --base_fraction must be between 0 and 1, got {args.base_fraction}")
+        p.error(f"--base_fraction must be between 0 and 1, got {args.base_fraction}")
     steps = budget(args.tokens, args.base_fraction)
     if min(steps.values()) < 1:
-        raise SystemExit(f"error: --tokens {args.tokens} leaves a run with no steps ({steps}); give more tokens")
+        p.error(f"--tokens {args.tokens} leaves a run with no steps ({steps}); give more tokens")
+    try:
+        prepare_out(out, args.force)
+    except (ValueError, OSError) as e:
+        from lit_gpt.utils import error_line
+
+        raise SystemExit(f"error: {error_line(e)}") from None
+    check_call(python("scripts/prepare_sample_data.py", "--out_dir", "data/sample"), "preparing the sample data")
     every = max(5, steps["8L"] // 8)
     flags = common_flags(args.seed, every)
     print(f"\nbudget: {steps['8L']} steps of {TARGET} = {steps['4L']} steps of {BASE}; base d = {steps['base']} "
@@ -126,19 +164,19 @@ def main(argv=None) -> int:
     }, out, {"4L": steps["4L"], "8L": steps["8L"]})
     base = out / "4L" / f"step-{steps['base']:08d}"
     for name, op in (("stack", "stack"), ("zero", "zero-depth")):
-        subprocess.run(python("-m", "growth", "grow", "--src", base, "--target", TARGET, "--op", op,
-                              "--out", out / f"{name}-grown"), check=True, cwd=ROOT)
+        check_call(python("-m", "growth", "grow", "--src", base, "--target", TARGET, "--op", op,
+                          "--out_dir", out / f"{name}-grown"), f"growing {name}")
     run_parallel({name: python(train, "--model_name", TARGET, "--out_dir", out / name, "--max_steps", steps["grown"],
                                "--initial_checkpoint", out / f"{name}-grown", "--save_interval", 0, *flags)
                   for name in ("stack", "zero")}, out, {"stack": steps["grown"], "zero": steps["grown"]})
 
-    evals = {name: python("eval/run.py", "--checkpoint", out / name / "final", "--tasks", "sample", "--name",
+    evals = {name: python("eval/run.py", "--checkpoint_dir", out / name / "final", "--tasks", "sample", "--name",
                           LABELS[name], "--out", out / "eval" / f"{name}.json") for name in RUNS}
     (out / "eval").mkdir()
     for pair in (RUNS[:2], RUNS[2:]):
         run_parallel({f"eval-{n}": evals[n] for n in pair}, out, {})
-    subprocess.run(python("eval/plot.py", *(out / n for n in RUNS), "--x", "flops", "--labels",
-                          ",".join(LABELS[n] for n in RUNS), "--out", out / "curves.png"), check=True, cwd=ROOT)
+    check_call(python("eval/plot.py", *(out / n for n in RUNS), "--x", "flops", "--labels",
+                      ",".join(LABELS[n] for n in RUNS), "--out", out / "curves.png"), "plotting")
     results = collect(out, steps, args)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = render(results, time.time() - t0)

@@ -2,41 +2,66 @@
 converters and eval read). Runs in one process whatever the number of ranks that saved the checkpoint.
 
     python scripts/export_checkpoint.py --checkpoint_dir out/run/step-00001000 --out_dir out/run/export-1000
+
+The output directory is written whole under a temporary name and renamed into place (the umask applies);
+an existing non-empty one is replaced only with --force.
 """
 
-import argparse
-import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.checkpoint import check_masks_settled, consolidate, find_latest, write_weights  # noqa: E402
+from lit_gpt.cli import ArgumentParser  # noqa: E402
+from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, find_latest, write_weights  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.utils import exit_code  # noqa: E402
+from lit_gpt.files import check_writable_target  # noqa: E402
+from lit_gpt.utils import CheckpointError, exit_code  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint_dir", type=Path, required=True,
                         help="a step-NNNNNNNN directory, or a run's out_dir (its newest checkpoint is taken)")
     parser.add_argument("--out_dir", type=Path, default=None, help="default: <checkpoint_dir>/export")
     parser.add_argument("--tokenizer_dir", type=Path, default=None, help="tokenizer files to copy beside the weights")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out_dir")
     args = parser.parse_args(argv)
-    return exit_code(lambda: export(args.checkpoint_dir, args.out_dir, args.tokenizer_dir))
+    return exit_code(lambda: export(args.checkpoint_dir, args.out_dir, args.tokenizer_dir, args.force))
 
 
-def export(checkpoint_dir: Path, out_dir: Path = None, tokenizer_dir: Path = None) -> None:
-    path = checkpoint_dir
-    if not (path / "meta.json").is_file() and path.is_dir():
-        path = find_latest(path) or path
-    state = consolidate(path)
-    check_masks_settled(path)
+def checkpoint_in(checkpoint_dir: Path) -> Path:
+    """`checkpoint_dir` itself when it is a training checkpoint, else the newest complete one inside it.
+
+    Raises:
+        CheckpointError: neither (one line naming `checkpoint_dir`).
+    """
+    if (checkpoint_dir / "meta.json").is_file():
+        return checkpoint_dir
+    latest = find_latest(checkpoint_dir) if checkpoint_dir.is_dir() else None
+    if latest is None:
+        raise CheckpointError(f"--checkpoint_dir {checkpoint_dir}: neither a training checkpoint (no meta.json) nor "
+                              "a run's out_dir holding one (step-NNNNNNNN/ with meta.json)")
+    return latest
+
+
+def export(checkpoint_dir: Path, out_dir: Optional[Path] = None, tokenizer_dir: Optional[Path] = None,
+           force: bool = False) -> None:
+    """Raises CheckpointError (a missing or damaged checkpoint), ValueError (an existing output without `force`)
+    or OSError (a failed write; nothing is left behind)."""
+    path = checkpoint_in(checkpoint_dir)
     out = out_dir or path / "export"
-    meta = json.loads((path / "meta.json").read_text())
-    training = {k: meta[k] for k in ("step", "tokens", "flops")}
+    check_writable_target(out, force, inputs={"the checkpoint": path}, what=f"--out_dir {out}")  # before the reading, which may take minutes
+    if tokenizer_dir is not None and not tokenizer_dir.is_dir():
+        raise ValueError(f"--tokenizer_dir {tokenizer_dir}: not a directory")
+    meta = check_intact(path)
+    check_masks_settled(path)
+    state = consolidate(path)
+    training = {k: meta[k] for k in ("step", "tokens", "flops") if k in meta}
     write_weights(state, Config.from_json(path / "lit_config.json"), out, tokenizer_dir, training)
     print(f"wrote {out / 'lit_model.pth'} from {path}", file=sys.stderr)
+
 
 if __name__ == "__main__":
     sys.exit(main())

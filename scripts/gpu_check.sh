@@ -5,9 +5,9 @@
 #   3. a 30-step bf16 tiny_LLaMA_1b run on the sample data: tokens/s and MFU from its metrics.csv
 #   4. a tiny grow-and-continue on the GPU: 4L128H trained, grown by G_stack to 8L128H, trained again
 #
-#   scripts/gpu_check.sh [--dry_run] [--out DIR]
+#   scripts/gpu_check.sh [--dry_run] [--out_dir DIR]
 #
-# Needs the sample data (python scripts/prepare_sample_data.py --out data/sample; on a machine without internet,
+# Needs the sample data (python scripts/prepare_sample_data.py --out_dir data/sample; on a machine without internet,
 # copy data/sample/packed and data/sample/tokenizer there). PYTHON defaults to .venv/bin/python, else python3.
 # Each check has its own time limit and the script goes on after a failure; the exit status is the number of
 # checks that failed. Full logs are in DIR (default out/gpu_check).
@@ -18,9 +18,9 @@ OUT=out/gpu_check
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry_run) DRY=1 ;;
-        --out) OUT=${2:?--out needs a directory}; shift ;;
+        --out_dir|--out) OUT=${2:?$1 needs a directory}; shift ;;
         -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "error: unknown argument $1 (use --dry_run, --out DIR)" >&2; exit 2 ;;
+        *) echo "error: unknown argument $1 (use --dry_run, --out_dir DIR)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -71,7 +71,7 @@ if [ "$DRY" = 0 ]; then
         exit 1
     fi
     if [ ! -d "$DATA" ]; then
-        echo "error: no $DATA: run python scripts/prepare_sample_data.py --out data/sample (or copy it here)" >&2
+        echo "error: no $DATA: run python scripts/prepare_sample_data.py --out_dir data/sample (or copy it here)" >&2
         exit 1
     fi
     "$PYTHON" -c "import torch; print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)" | tee "$OUT/gpu.txt"
@@ -88,7 +88,7 @@ SMALL=(--train_data_dir "$DATA" --global_batch_size 16 --micro_batch_size 8 --ma
        --learning_rate 3e-3 --eval_interval 10 --save_interval 20)
 check grow_continue 240 bash -c "set -e
     '$PYTHON' pretrain/tinyllama.py --model_name 4L128H ${SMALL[*]} --out_dir '$OUT/base'
-    '$PYTHON' -m growth grow --src '$OUT/base/final' --target 8L128H --op stack --out '$OUT/grown'
+    '$PYTHON' -m growth grow --src '$OUT/base/final' --target 8L128H --op stack --out_dir '$OUT/grown'
     '$PYTHON' pretrain/tinyllama.py --model_name 8L128H --initial_checkpoint '$OUT/grown' ${SMALL[*]} --out_dir '$OUT/continued'
     test -f '$OUT/continued/final/lit_model.pth'"
 [ "$DRY" = 1 ] && exit 0

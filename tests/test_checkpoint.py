@@ -88,3 +88,88 @@ def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
     (tmp_path / "step-00000200" / "meta.json").write_text("{}")
     assert [p.name for p in ckpt.prune(tmp_path, 1, current=200)] == ["step-00000100"]
     assert (tmp_path / "step-00000200").is_dir() and (tmp_path / "step-00001000").is_dir()
+
+
+# ---- damage found from the files alone; --resume auto passes over it ----
+
+def _truncate_shard(path):
+    shard = next(path.glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:1000])
+
+
+def _garble(name, text="not what was written"):
+    return lambda path: (path / name).write_text(text)
+
+
+DAMAGE = {
+    "truncated shard": (_truncate_shard, "its shard __0_0.distcp is truncated (1,000 bytes; .metadata records"),
+    "missing shard": (lambda p: next(p.glob("*.distcp")).unlink(), "its shard __0_0.distcp is missing"),
+    "missing .metadata": (lambda p: (p / ".metadata").unlink(), ".metadata cannot be read (No such file"),
+    "garbled .metadata": (_garble(".metadata"), ".metadata cannot be read ("),
+    "garbled meta.json": (_garble("meta.json", '{"step": '), "meta.json cannot be read (Expecting value"),
+    "meta.json without step": (_garble("meta.json", "{}"), "meta.json holds no step number"),
+    "meta.json with a bad world_size": (_garble("meta.json", '{"step": 3, "world_size": "2"}'),
+                                        "meta.json holds no valid world_size"),
+    "garbled lit_config.json": (_garble("lit_config.json", "[1, 2"), "lit_config.json cannot be read ("),
+    "missing rng state": (lambda p: (p / "rng-rank0.pt").unlink(), "rng-rank0.pt is missing"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damage_is_named_by_every_reader(setup, tmp_path, kind):
+    fabric, config, model, optimizer = setup
+    path = ckpt.save(fabric, tmp_path, 3, model, optimizer, {"step": 3, "world_size": 1}, config)
+    assert ckpt.damage(path) is None
+    damage, words = DAMAGE[kind]
+    damage(path)
+    assert words in ckpt.damage(path)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    for read in (ckpt.check_intact, ckpt.consolidate, ckpt.consolidate_optimizer, ckpt.check_masks_settled,
+                 lambda p: ckpt.load(fabric, p, model, optimizer)):
+        with pytest.raises(CheckpointError) as error:
+            read(path)
+        assert str(error.value) == f"{path} is damaged: {ckpt.damage(path)}; use an earlier checkpoint"
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())  # found before loading
+
+
+def test_corruption_inside_a_shard_is_one_line_at_load(setup, tmp_path):
+    """A shard of the right size with other bytes passes the file checks; DCP's failure becomes one line."""
+    fabric, config, model, optimizer = setup
+    path = ckpt.save(fabric, tmp_path, 3, model, optimizer, {"step": 3}, config)
+    shard = next(path.glob("*.distcp"))
+    shard.write_bytes(bytes(shard.stat().st_size))
+    assert ckpt.damage(path) is None
+    for read in (ckpt.consolidate, lambda p: ckpt.load(fabric, p, model, optimizer)):
+        with pytest.raises(CheckpointError, match="if it is damaged, move it aside") as error:
+            read(path)
+        assert str(error.value).startswith(f"{path} cannot be loaded ") and "\n" not in str(error.value)
+
+
+def test_resume_auto_passes_over_damaged_checkpoints(setup, tmp_path):
+    fabric, config, model, optimizer = setup
+    paths = [ckpt.save(fabric, tmp_path, step, model, optimizer, {"step": step}, config) for step in (2, 4, 6)]
+    (tmp_path / "step-00000008").mkdir()  # incomplete: not a candidate, not reported
+    warnings = []
+    assert ckpt.find_resumable(tmp_path, warnings.append) == paths[2] and warnings == []
+    size = (paths[2] / "__0_0.distcp").stat().st_size
+    _truncate_shard(paths[2])
+    (paths[1] / "rng-rank0.pt").unlink()
+    assert ckpt.find_resumable(tmp_path, warnings.append) == paths[0]
+    assert warnings == [f"warning: --resume auto passes over {paths[2]}: its shard __0_0.distcp is truncated "
+                        f"(1,000 bytes; .metadata records {size:,})",
+                        f"warning: --resume auto passes over {paths[1]}: rng-rank0.pt is missing"]
+    (paths[0] / ".metadata").unlink()
+    with pytest.raises(CheckpointError, match=f"every checkpoint in {tmp_path} is damaged .the newest, {paths[2]}: "
+                                              "its shard __0_0.distcp is truncated.*move them aside"):
+        ckpt.find_resumable(tmp_path, lambda line: None)
+    assert ckpt.find_resumable(tmp_path / "empty", warnings.append) is None
+
+
+def test_saving_a_step_again_replaces_it_whole(setup, tmp_path):
+    fabric, config, model, optimizer = setup
+    path = ckpt.save(fabric, tmp_path, 2, model, optimizer, {"step": 2}, config)
+    (path / "stale.txt").write_text("from the first save")
+    _truncate_shard(path)
+    assert ckpt.save(fabric, tmp_path, 2, model, optimizer, {"step": 2}, config) == path
+    assert ckpt.damage(path) is None and not (path / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]

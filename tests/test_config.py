@@ -60,10 +60,11 @@ def test_json_round_trip(tmp_path):
     assert Config.load(tmp_path) == c
 
 
-def test_from_json_ignores_unknown_keys(tmp_path):
+def test_from_json_refuses_unknown_keys(tmp_path):  # more in test_config_strict.py
     data = {**name_to_config["tiny_LLaMA_120M"], "some_future_field": 3}
     (tmp_path / "lit_config.json").write_text(json.dumps(data))
-    assert Config.from_json(tmp_path / "lit_config.json") == Config.from_name("tiny_LLaMA_120M")
+    with pytest.raises(ValueError, match="unknown key 'some_future_field'"):
+        Config.from_json(tmp_path / "lit_config.json")
 
 
 def test_unknown_name_and_bad_shapes():

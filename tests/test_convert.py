@@ -4,6 +4,9 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
+import resource
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +213,170 @@ def test_pickle_code_is_not_executed(tmp_path):
     result = run(LIT_SCRIPT, "--checkpoint_path", tmp_path / "lit_model.pth", "--out_dir", tmp_path / "hf")
     assert_refused(result, "cannot read")
     assert "pwned" not in result.stdout
+
+
+# ---- RoPE settings: either config style, exact factors, refusals ----
+
+def write_rope_style(directory: Path, style: str, settings: dict) -> None:
+    """Rewrites a saved config.json with `settings` (rope_type, factor, rope_theta, ...) the way transformers 5
+    (`rope_parameters`) or older versions (`rope_scaling` with `type`, top-level rope_theta) write them."""
+    hf = json.loads((directory / "config.json").read_text())
+    hf.pop("rope_parameters", None)
+    settings = dict(settings)
+    if style == "rope_parameters":
+        hf["rope_parameters"] = settings
+    else:
+        hf["rope_theta"] = settings.pop("rope_theta", 10000.0)
+        hf["rope_scaling"] = {"type": settings.pop("rope_type"), **settings}
+    (directory / "config.json").write_text(json.dumps(hf))
+
+
+@pytest.mark.parametrize("style", ["rope_parameters", "rope_scaling"])
+@pytest.mark.parametrize("factor, theta", [(2, 10000.0), (2.5, 12345.5)])
+def test_linear_rope_scaling_is_exact_both_ways(tmp_path, style, factor, theta):
+    settings = {"rope_type": "linear", "factor": float(factor), "rope_theta": theta}
+    hf_model("gqa", rope_parameters=dict(settings)).save_pretrained(tmp_path / "a")
+    write_rope_style(tmp_path / "a", style, settings)
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "a", dtype=torch.float32).eval()
+    assert (model.config.rope_parameters["factor"], model.config.rope_parameters["rope_theta"]) == (factor, theta)
+    result = run(HF_SCRIPT, "--checkpoint_dir", tmp_path / "a")
+    assert result.returncode == 0, result.stderr
+    config = Config.from_json(tmp_path / "a" / "lit_config.json")
+    assert (config.condense_ratio, config.rope_base) == (factor, theta)
+    lit = GPT(config).eval()
+    lit.load_state_dict(torch.load(tmp_path / "a" / "lit_model.pth", weights_only=True))
+    idx = torch.randint(0, config.padded_vocab_size, (2, config.block_size))
+    with torch.no_grad():
+        assert (lit(idx) - model(idx).logits).abs().max().item() <= 1e-4
+    # and back: transformers loads the same model from what the reverse converter writes
+    result = run(LIT_SCRIPT, "--checkpoint_path", tmp_path / "a" / "lit_model.pth", "--out_dir", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    back = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "b", dtype=torch.float32).eval()
+    assert back.config.rope_parameters == {"rope_type": "linear", "factor": factor, "rope_theta": theta}
+    with torch.no_grad():
+        assert (lit(idx) - back(idx).logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("style", ["rope_parameters", "rope_scaling"])
+@pytest.mark.parametrize("settings, words", [  # {block}: the key written; {type}: rope_type or its old name type
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 16}, ["{block}.{type}='llama3'", "default and linear"]),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}, ["{block}.{type}='yarn'"]),
+    ({"rope_type": "dynamic", "factor": 2.0}, ["{block}.{type}='dynamic'"]),
+    ({"rope_type": "linear"}, ["{block}.{type}='linear' without a factor"]),
+    ({"rope_type": "linear", "factor": "2"}, ["{block}.factor='2'", "positive number"]),
+    ({"rope_type": "default", "partial_rotary_factor": 0.5}, ["{block}.partial_rotary_factor=0.5"]),
+])
+def test_rope_we_cannot_represent_is_refused(tmp_path, style, settings, words):
+    hf_model("gqa").save_pretrained(tmp_path)
+    write_rope_style(tmp_path, style, settings)
+    before = files_in(tmp_path)
+    names = {"block": style, "type": "rope_type" if style == "rope_parameters" else "type"}
+    result = run(HF_SCRIPT, "--checkpoint_dir", tmp_path)
+    assert_refused(result, f"{tmp_path / 'config.json'} sets ", *(w.format(**names) for w in words))
+    assert files_in(tmp_path) == before
+
+
+def test_rope_settings_that_disagree_are_refused(tmp_path):
+    hf_model("gqa", rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}).save_pretrained(
+        tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    hf["rope_scaling"] = {"type": "linear", "factor": 4.0}  # transformers 5 would take this one, 4.x the other
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    assert_refused(run(HF_SCRIPT, "--checkpoint_dir", tmp_path), "rope_parameters.factor=2.0",
+                   "rope_scaling.factor=4.0", "keep one")
+
+
+# ---- outputs: replaced only with --force, written whole under the umask, failed writes leave nothing ----
+
+def lit_checkpoint(directory: Path) -> Path:
+    config = small_config("gqa")
+    directory.mkdir(parents=True)
+    torch.manual_seed(1)
+    torch.save(GPT(config).state_dict(), directory / "lit_model.pth")
+    config.to_json(directory / "lit_config.json")
+    return directory / "lit_model.pth"
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_lit_output_is_replaced_only_with_force(tmp_path):
+    ckpt = lit_checkpoint(tmp_path / "run")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert_refused(run(LIT_SCRIPT, "--checkpoint_path", ckpt, "--out_dir", out), f"{out} exists", "--force")
+    assert files_in(out) == ["notes.txt"]
+    with umask(0o027):
+        result = run(LIT_SCRIPT, "--checkpoint_path", ckpt, "--out_dir", out, "--force")
+    assert result.returncode == 0, result.stderr
+    assert files_in(out) == ["config.json", "model.safetensors"]
+    assert mode(out) == 0o750 and {mode(out / f) for f in files_in(out)} == {0o640}
+    assert files_in(tmp_path) == ["hf", "run"]  # no temporary directory left
+
+
+@pytest.mark.parametrize("out", [".", "run"])
+def test_out_dir_holding_the_checkpoint_is_refused(tmp_path, out):
+    ckpt = lit_checkpoint(tmp_path / "run")
+    result = run(LIT_SCRIPT, "--checkpoint_path", ckpt, "--out_dir", tmp_path / out, "--force")
+    assert_refused(result, "holds the checkpoint", "choose another directory")
+    assert files_in(tmp_path) == ["run"] and files_in(tmp_path / "run") == ["lit_config.json", "lit_model.pth"]
+
+
+def test_hf_conversion_replaces_lit_files_only_with_force(tmp_path):
+    hf_model("gqa").save_pretrained(tmp_path)
+    assert run(HF_SCRIPT, "--checkpoint_dir", tmp_path).returncode == 0
+    before, weights = files_in(tmp_path), (tmp_path / "lit_model.pth").read_bytes()
+    result = run(HF_SCRIPT, "--checkpoint_dir", tmp_path, "--dtype", "bfloat16")
+    assert_refused(result, f"{tmp_path / 'lit_model.pth'} exists", "--force")
+    assert files_in(tmp_path) == before and (tmp_path / "lit_model.pth").read_bytes() == weights
+    with umask(0o027):
+        assert run(HF_SCRIPT, "--checkpoint_dir", tmp_path, "--dtype", "bfloat16", "--force").returncode == 0
+    state = torch.load(tmp_path / "lit_model.pth", weights_only=True)
+    assert all(v.dtype == torch.bfloat16 for v in state.values())
+    assert files_in(tmp_path) == before
+    assert mode(tmp_path / "lit_model.pth") == mode(tmp_path / "lit_config.json") == 0o640
+
+
+def run_limited(script: Path, *args, limit: int = 64 * 1024) -> subprocess.CompletedProcess:
+    """The script with writes past `limit` bytes failing (EFBIG), as on a full disk; root ignores chmod."""
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=limit_file_size)
+
+
+def test_failed_hf_conversion_write_names_the_file_and_leaves_nothing(tmp_path):
+    hf_model("gqa").save_pretrained(tmp_path)
+    before = files_in(tmp_path)
+    result = run_limited(HF_SCRIPT, "--checkpoint_dir", tmp_path)
+    assert_refused(result, f"{tmp_path / 'lit_model.pth'}: write failed", "disk full or file size limit?")
+    assert files_in(tmp_path) == before
+
+
+def test_failed_lit_conversion_write_names_the_file_and_leaves_nothing(tmp_path):
+    ckpt = lit_checkpoint(tmp_path / "run")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    # over an existing output (--force): the old one stays as it was
+    result = run_limited(LIT_SCRIPT, "--checkpoint_path", ckpt, "--out_dir", out, "--force")
+    assert_refused(result, f"{out / 'model.safetensors'}: write failed: File too large")
+    assert files_in(out) == ["old.txt"] and files_in(tmp_path) == ["hf", "run"]
+    # a path below a regular file
+    (tmp_path / "file").write_text("x")
+    result = run(LIT_SCRIPT, "--checkpoint_path", ckpt, "--out_dir", tmp_path / "file" / "hf")
+    assert_refused(result, f"{tmp_path / 'file'}: a path component is a file")
+    assert files_in(tmp_path) == ["file", "hf", "run"]

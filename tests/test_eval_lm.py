@@ -368,3 +368,55 @@ def test_sample_task_data_is_reproducible(tmp_path):
         assert (tmp_path / f).read_text() == (TASKS_DIR / "data" / f).read_text()
     mc = [json.loads(x) for x in (tmp_path / "sample_mc.jsonl").read_text().splitlines()]
     assert len(mc) >= 24 and all(len(d["choices"]) == 4 and 0 <= d["label"] < 4 for d in mc)
+
+
+# ---- a token spanning the join of context and continuation ----
+
+@pytest.fixture(scope="module")
+def sample_tokenizer_lm(sample_data, tmp_path_factory):
+    """The adapter over a random model with the project's sample SentencePiece tokenizer (data/sample)."""
+    directory = tmp_path_factory.mktemp("sample_tokenizer_ckpt")
+    config = Config(name="test-eval-sample-tok", block_size=32, vocab_size=4096, padding_multiple=64, n_layer=1,
+                    n_head=2, n_query_groups=2, n_embd=32, intermediate_size=64)
+    torch.manual_seed(0)
+    torch.save(GPT(config).state_dict(), directory / "lit_model.pth")
+    config.to_json(directory / "lit_config.json")
+    (directory / "tokenizer.model").write_bytes((sample_data / "tokenizer" / "tokenizer.model").read_bytes())
+    return lit_lm.LitGPTLM(directory, batch_size=4)
+
+
+def merging_pair(lm):
+    """A context and continuation whose joint encoding cut at the context's length leaves the continuation no
+    tokens: a whole word of the vocabulary split inside, its end merging into the context's last token."""
+    from lm_eval.api.model import TemplateLM
+
+    processor = lm.tok.processor
+    for i in range(processor.get_piece_size()):
+        word = processor.id_to_piece(i)[1:]
+        if not (processor.id_to_piece(i).startswith("▁") and len(word) >= 4 and word.isalpha()):
+            continue
+        for k in range(1, len(word)):
+            context, continuation = f"The {word[:k]}", word[k:]
+            if not TemplateLM._encode_pair(lm, context, continuation)[1]:
+                return context, continuation
+    raise AssertionError("the sample tokenizer has no merging pair")
+
+
+def test_continuation_merged_into_the_context_scores_its_own_tokens(sample_tokenizer_lm):
+    lm = sample_tokenizer_lm
+    context, continuation = merging_pair(lm)
+    [(score, _)] = lm.loglikelihood([Instance("loglikelihood", {}, (context, continuation), 0)], disable_tqdm=True)
+    context_enc, continuation_enc = lm.tok_encode(context), lm.tok_encode(continuation, add_special_tokens=False)
+    assert continuation_enc
+    model = GPT(lm.config).eval()
+    model.load_state_dict(torch.load(lm.checkpoint_dir / "lit_model.pth", weights_only=True))
+    with torch.no_grad():
+        logits = model(torch.tensor([context_enc + continuation_enc[:-1]]))[0, -len(continuation_enc):]
+    expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(continuation_enc)[:, None]).sum().item()
+    assert score != 0.0 and abs(score - expected) <= 1e-4, (context, continuation, score, expected)
+
+
+def test_a_continuation_without_tokens_is_refused(ours):
+    with pytest.raises(ValueError, match="encodes to no tokens"):
+        ours._loglikelihood_tokens([(("The king", "r"), [5, 6], [])], disable_tqdm=True)
+    assert ours._loglikelihood_tokens([(("The king", ""), [5, 6], [])], disable_tqdm=True) == [(0.0, True)]

@@ -35,10 +35,10 @@ def test_writes_png(runs, tmp_path, x, capsys):
     assert capsys.readouterr().out == f"wrote {out}\n"
 
 
-def error_line(capsys, argv):
+def error_line(capsys, argv, code=1):  # 2: bad flags, as argparse
     with pytest.raises(SystemExit) as e:
         plot.main(argv)
-    assert e.value.code == 1
+    assert e.value.code == code
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
@@ -48,8 +48,8 @@ def test_errors(runs, tmp_path, capsys):
     out = str(tmp_path / "x.png")
     assert "2 names for 1 runs" in error_line(capsys, [str(runs[0]), "--labels", "a,b", "--out", out])
     assert "no such file" in error_line(capsys, [str(tmp_path / "nope"), "--out", out])
-    assert "required" in error_line(capsys, [str(runs[0])])
-    assert "invalid choice" in error_line(capsys, [str(runs[0]), "--x", "steps", "--out", out])
+    assert "required" in error_line(capsys, [str(runs[0])], code=2)
+    assert "invalid choice" in error_line(capsys, [str(runs[0]), "--x", "steps", "--out", out], code=2)
     assert not (tmp_path / "x.png").exists()
 
 

@@ -75,15 +75,15 @@ def test_cli_table_and_json(runs, capsys):
     sp.main(["--scratch", str(runs[0]), "--grown", str(runs[1])])
     out = capsys.readouterr().out
     assert "speedup: 50.0%" in out and "lowest loss both runs reach" in out
-    sp.main(["--scratch", str(runs[0]), "--grown", str(runs[1] / "metrics.csv"), "--json", "--at-loss", "2.8"])
+    sp.main(["--scratch", str(runs[0]), "--grown", str(runs[1] / "metrics.csv"), "--json", "--at_loss", "2.8"])
     res = json.loads(capsys.readouterr().out)
     assert res["speedup"] == pytest.approx(0.5, rel=2e-3) and res["loss"] == 2.8
 
 
-def error_line(capsys, argv):
+def error_line(capsys, argv, code=1):  # 2: bad flags, as argparse
     with pytest.raises(SystemExit) as e:
         sp.main(argv)
-    assert e.value.code == 1
+    assert e.value.code == code
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
@@ -91,14 +91,14 @@ def error_line(capsys, argv):
 
 def test_errors_are_one_line(runs, tmp_path, capsys):
     s, g = str(runs[0]), str(runs[1])
-    assert "never reaches" in error_line(capsys, ["--scratch", s, "--grown", g, "--at-loss", "0.5"])
+    assert "never reaches" in error_line(capsys, ["--scratch", s, "--grown", g, "--at_loss", "0.5"])
     assert "no such file" in error_line(capsys, ["--scratch", str(tmp_path / "nope"), "--grown", g])
     bad = write_run(tmp_path / "bad", columns=["step", "tokens", "train_loss"])
     assert "missing column(s) flops" in error_line(capsys, ["--scratch", s, "--grown", str(bad)])
     no_val = write_run(tmp_path / "noval", base_flops=1e12, val=False)
     assert "try --column train_loss" in error_line(capsys, ["--scratch", s, "--grown", str(no_val)])
-    assert "invalid choice" in error_line(capsys, ["--scratch", s, "--grown", g, "--column", "lr"])
-    assert "required" in error_line(capsys, ["--scratch", s])
+    assert "invalid choice" in error_line(capsys, ["--scratch", s, "--grown", g, "--column", "lr"], code=2)
+    assert "required" in error_line(capsys, ["--scratch", s], code=2)
 
 
 def test_warns_when_base_flops_missing(tmp_path, capsys):
@@ -113,5 +113,5 @@ def test_script_runs(runs):
     assert json.loads(out)["speedup"] == pytest.approx(0.5, rel=1e-3)
     help_text = subprocess.run([sys.executable, str(ROOT / "eval" / "speedup.py"), "--help"], capture_output=True,
                                text=True, check=True).stdout
-    for flag in ("--scratch", "--grown", "--at-loss", "--column", "--smooth", "--add-base-flops", "--json"):
+    for flag in ("--scratch", "--grown", "--at_loss", "--column", "--smooth", "--add_base_flops", "--json"):
         assert flag in help_text

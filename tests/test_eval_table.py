@@ -92,10 +92,10 @@ def test_tab6_averages_ten_tasks_and_training_rows():
     assert rows["avg"].values[1:] == [57.79, 56.56, 50.43, 54.16]
 
 
-def error_line(capsys, argv):
+def error_line(capsys, argv, code=1):  # 2: bad flags, as argparse
     with pytest.raises(SystemExit) as e:
         table.main(argv)
-    assert e.value.code == 1
+    assert e.value.code == code
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
@@ -124,7 +124,7 @@ def test_cli(tmp_path, capsys):
 def test_script_help_and_run(tmp_path):
     script = str(ROOT / "eval" / "table.py")
     help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
-    for flag in ("--paper", "--paper-columns", "--format", "--out"):
+    for flag in ("--paper", "--paper_columns", "--format", "--out", "--force"):
         assert flag in help_text
     out = subprocess.run([sys.executable, script, "--paper", "tab3", "--format", "csv"], capture_output=True,
                          text=True, check=True).stdout

@@ -1,15 +1,20 @@
 """Depth operators: exact index maps, exact function preservation, noise, and the grow command."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import small_config
+from conftest import ROOT, small_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from growth.grow import OPERATORS
 from growth.operators import add_noise, stack, zero_depth
-from lit_gpt import GPT
+from lit_gpt import GPT, Config
+from test_pretrain import MODEL, args_for, data_dir  # noqa: F401 - data_dir is a fixture
 
 KINDS = ("mha", "gqa", "mqa")
 
@@ -22,7 +27,7 @@ def base_model(kind, n_layer, seed=0):
 @settings(max_examples=25, deadline=None)
 @given(kind=st.sampled_from(KINDS), base=st.integers(1, 4), data=st.data())
 def test_stack_places_source_layer_map_j_at_j(kind, base, data):
-    target = data.draw(st.integers(1, 9))
+    target = data.draw(st.integers(base, 9))  # growth never shrinks (test_grow_refuses_any_shrinking_...)
     index_map = data.draw(st.lists(st.integers(0, base - 1), min_size=target, max_size=target))
     src = base_model(kind, base)
     out = stack(src.config, src.state_dict(), small_config(kind, n_layer=target), index_map)
@@ -141,7 +146,7 @@ def test_grow_bad_input_writes_nothing(tmp_path, capsys):
     assert_refused(*grow_cli(capsys, *common, "--op", "stack", "--layers", "1234"), "4")
     small_config("gqa", n_layer=4, vocab_size=200).to_json(target)
     assert_refused(*grow_cli(capsys, *common, "--op", "stack"), "vocabulary")
-    small_config("gqa", n_layer=4, n_embd=32).to_json(target)
+    small_config("gqa", n_layer=4, n_embd=128).to_json(target)
     assert_refused(*grow_cli(capsys, *common, "--op", "stack"), "keep the width")
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "lit_model.pth").write_bytes(b"not a checkpoint")
@@ -184,3 +189,122 @@ def test_random_depth_layers_are_fresh_init():
     assert out["transformer.h.2.attn.attn.weight"].std().item() == pytest.approx((2 / 5 / 256) ** 0.5, rel=0.03)
     assert out["transformer.h.2.attn.proj.weight"].std().item() == pytest.approx(1 / 16 / 3, rel=0.03)
     assert not torch.equal(out["transformer.h.1.attn.attn.weight"], out["transformer.h.2.attn.attn.weight"])
+
+
+def tree(path):
+    """Every file under `path` with its bytes: what a refused command must leave exactly as it was."""
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("op", OPERATORS)
+@pytest.mark.parametrize("target, shrunk", [
+    (dict(n_layer=2), "n_layer 4 -> 2"),
+    (dict(n_layer=4, n_embd=32, n_head=2, n_query_groups=1, intermediate_size=80),
+     "n_embd 64 -> 32, n_head 4 -> 2, n_query_groups 2 -> 1, intermediate_size 160 -> 80"),
+])
+def test_grow_refuses_any_shrinking_for_every_operator(tmp_path, capsys, op, target, shrunk):
+    save_base(tmp_path / "base", n_layer=4)
+    small_config("gqa", name="small", **target).to_json(tmp_path / "target.json")
+    before = tree(tmp_path)
+    code, out = grow_cli(capsys, "--src", tmp_path / "base", "--target", tmp_path / "target.json", "--op", op,
+                         "--out", tmp_path / "grown")
+    assert_refused(code, out, "cannot shrink", shrunk, "test-gqa: 4 layers, 64 wide, 4 heads",
+                   f"small: {target['n_layer']} layers")
+    assert out.err.count("\n") == 1 and tree(tmp_path) == before
+
+
+def test_stack_refuses_a_shorter_map():  # the operators themselves, not only the command
+    src = base_model("gqa", 4)
+    with pytest.raises(ValueError, match="cannot shrink the model.*n_layer 4 -> 2"):
+        stack(src.config, src.state_dict(), small_config("gqa", n_layer=2), [0, 1])
+
+
+# ---- continuing from a grown model: the config beside --initial_checkpoint is the default ----
+
+def fake_training_checkpoint(out_dir, step, config):
+    """A training checkpoint intact enough for `find_resumable` and `model_config` (which read meta.json,
+    lit_config.json and DCP's .metadata), holding one placeholder tensor instead of a model."""
+    import torch.distributed.checkpoint as dcp
+
+    path = out_dir / f"step-{step:08d}"
+    dcp.save({"placeholder": torch.zeros(1)}, checkpoint_id=path, no_dist=True)
+    (path / "meta.json").write_text(json.dumps({"step": step, "world_size": 1}))
+    torch.save({}, path / "rng-rank0.pt")
+    config.to_json(path / "lit_config.json")
+    return path
+
+
+def test_model_config_defaults_to_the_checkpoint_beside_or_resumed(tmp_path):
+    from pretrain.parallel import model_config
+    from pretrain.train_args import DEFAULT_MODEL, TrainArgs
+
+    save_base(tmp_path / "grown", n_layer=4)
+    args = TrainArgs(initial_checkpoint=str(tmp_path / "grown"), out_dir=str(tmp_path / "out"), resume="auto")
+    assert model_config(args) == small_config("gqa", n_layer=4)
+    assert args.model_name == str(tmp_path / "grown" / "lit_config.json")  # what the checkpoints' hparams record
+    # a --model_name that agrees: another name and a longer context are fine, the weights' shapes are the same
+    small_config("gqa", n_layer=4, name="renamed", block_size=64).to_json(tmp_path / "same.json")
+    args = TrainArgs(model_name=str(tmp_path / "same.json"), initial_checkpoint=str(tmp_path / "grown"))
+    assert model_config(args).block_size == 64
+
+    resumed = fake_training_checkpoint(tmp_path / "out", 7, small_config("mqa", n_layer=3))
+    fake_training_checkpoint(tmp_path / "out", 3, small_config("mha"))
+    assert model_config(TrainArgs(out_dir=str(tmp_path / "out"), resume="auto")) == small_config("mqa", n_layer=3)
+    assert model_config(TrainArgs(resume=str(resumed))) == small_config("mqa", n_layer=3)
+    args = TrainArgs(out_dir=str(tmp_path / "empty"), resume="auto")
+    assert model_config(args) == Config.from_name(DEFAULT_MODEL) and args.model_name == DEFAULT_MODEL
+
+
+@pytest.mark.parametrize("case, words", [
+    ("disagrees", ["--model_name", "disagrees with", "grown/lit_config.json", "n_layer 2 vs 4",
+                   "drop --model_name"]),
+    ("no config", ["--initial_checkpoint", "no lit_config.json beside", "pass --model_name"]),
+    ("missing", ["--initial_checkpoint", "nowhere", "not found"]),
+])
+def test_model_config_refusals(tmp_path, case, words):
+    from pretrain.parallel import model_config
+    from pretrain.train_args import TrainArgs, UsageError
+
+    save_base(tmp_path / "grown", n_layer=4)
+    small_config("gqa", n_layer=2).to_json(tmp_path / "two.json")
+    args = {"disagrees": TrainArgs(model_name=str(tmp_path / "two.json"), initial_checkpoint=str(tmp_path / "grown")),
+            "no config": TrainArgs(initial_checkpoint=str(tmp_path / "grown" / "lit_model.pth")),
+            "missing": TrainArgs(initial_checkpoint=str(tmp_path / "nowhere" / "lit_model.pth"))}[case]
+    if case == "no config":
+        (tmp_path / "grown" / "lit_config.json").unlink()
+    with pytest.raises(UsageError) as refused:
+        model_config(args)
+    assert "\n" not in str(refused.value) and all(w in str(refused.value) for w in words), str(refused.value)
+
+
+def test_training_a_grown_model_needs_no_model_name(tmp_path, capsys, data_dir):  # noqa: F811
+    """The documented flow: grow, then train from the grown checkpoint without repeating its config."""
+    base = tmp_path / "base"
+    base.mkdir()
+    torch.manual_seed(0)
+    model = GPT(Config(**{**MODEL, "n_layer": 1}))
+    torch.save(model.state_dict(), base / "lit_model.pth")
+    model.config.to_json(base / "lit_config.json")
+    Config(**{**MODEL, "n_layer": 3}).to_json(tmp_path / "target.json")
+    code, out = grow_cli(capsys, "--src", base, "--target", tmp_path / "target.json", "--op", "stack",
+                         "--out", tmp_path / "grown")
+    assert code == 0, out.err
+    flags = args_for(data_dir, tmp_path / "run", "--max_steps", 1, "--eval_interval", 0,
+                     "--initial_checkpoint", tmp_path / "grown")
+    flags = flags[2:]  # no --model_name
+    assert flags[0] == "--train_data_dir"
+    result = subprocess.run([sys.executable, str(ROOT / "pretrain" / "tinyllama.py"), *flags], capture_output=True,
+                            text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Config.from_json(tmp_path / "run" / "final" / "lit_config.json").n_layer == 3
+    assert "tiny-train | single" in result.stdout
+
+    from pretrain.tinyllama import run
+
+    other = tmp_path / "other.json"
+    Config(**{**MODEL, "n_layer": 2}).to_json(other)
+    before = tree(tmp_path)
+    assert run([*flags, "--model_name", str(other), "--out_dir", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model_name") and err.count("\n") == 1 and "n_layer 2 vs 3" in err, err
+    assert tree(tmp_path) == before and not (tmp_path / "o").exists()

@@ -56,7 +56,7 @@ def old_block(tensor, shape):
 @settings(max_examples=25, deadline=None)
 @given(kind=st.sampled_from(KINDS), base=st.integers(1, 4), bias=st.booleans(), data=st.data())
 def test_learn_depth_at_init_is_stack_exactly(kind, base, bias, data):
-    target = data.draw(st.integers(1, 8))
+    target = data.draw(st.integers(base, 8))
     index_map = data.draw(st.lists(st.integers(0, base - 1), min_size=target, max_size=target))
     src, tgt = small_config(kind, n_layer=base, bias=bias), small_config(kind, n_layer=target, bias=bias)
     state = source_state(src)

@@ -50,12 +50,32 @@ def test_plan_lists_grow_and_train_commands(tmp_path):
     ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": {"op": "stretch"}}], "grow.op must be"),
     ([{"name": "a", "model_name": "2L128H"}, {"name": "a", "model_name": "4L128H"}], "used twice"),
     ([{"max_steps": 3}], "no model_name"),
+    # training values are checked as the flags are: `strategy: fdsp` would have run as FSDP
+    ([{"model_name": "2L128H", "strategy": "fdsp"}], "stage 'stage-1': strategy: invalid choice 'fdsp' (did you "
+                                                       "mean 'fsdp'?"),
+    ([{"model_name": "2L128H", "max_tokens": "lots"}], "stage 'stage-1': max_tokens: cannot read 'lots'"),
+    ([{"model_name": "2L128H", "compile": "maybe"}], "compile: expected true or false"),
+    ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": "stack"}], "grow must be a mapping"),
+    (["2L128H"], "stage 1 must be a mapping"),
 ])
 def test_bad_recipes_are_refused(tmp_path, capsys, stages, message):
-    code = main([str(recipe(tmp_path, tmp_path, stages)), "--dry_run"])
+    path = recipe(tmp_path, tmp_path, stages)
+    code = main([str(path), "--dry_run"])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error:") and message in err and err.count("\n") == 1
+    assert code == 1 and err.startswith("error:") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_training_values_are_converted_like_flags(tmp_path):
+    from growth.stages import load_recipe
+
+    path = recipe(tmp_path, tmp_path, [{"name": "a", "model_name": "2L128H", "max_steps": None, "max_tokens": "1.5M",
+                                        "compile": True, "data_prefixes": "train_x"}])
+    train = plan(load_recipe(path))[0].command
+    assert train[train.index("--max_tokens") + 1] == "1500000" and train[train.index("--compile") + 1] == "true"
+    after = train[train.index("--data_prefixes") + 1:train.index("--data_prefixes") + 3]
+    assert after[0] == "train_x" and after[1].startswith("--")  # one prefix, not the letters of one
+    assert "--max_steps" not in train
 
 
 def test_gradual_stacking_runs_every_stage_and_carries_flops_and_data(tmp_path, data_dir, capsys):  # noqa: F811
@@ -77,3 +97,40 @@ def test_gradual_stacking_runs_every_stage_and_carries_flops_and_data(tmp_path, 
     capsys.readouterr()
     assert main([str(path)]) == 0  # everything done: nothing reruns
     assert capsys.readouterr().out.count(": done") == 5
+    assert json.loads((out / "4L" / "stage.json").read_text())["grow"] == {"op": "stack", "layers": "middle"}
+
+    # what a stage runs changed after it ran: refused before anything runs, naming the change
+    def edit(stage, **changes):
+        data = yaml.safe_load(path.read_text())
+        data["stages"][["1L", "2L", "4L"].index(stage)].update(changes)
+        path.write_text(yaml.safe_dump(data))
+
+    files = tree(out)
+    edit("4L", log_interval=5, devices=1)  # how it runs, not what it computes: still done
+    assert main([str(path)]) == 0 and capsys.readouterr().out.count(": done") == 5
+    edit("1L", max_steps=3)
+    assert main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: stage '1L' ran with other settings") and err.count("\n") == 1, err
+    assert "max_steps 2 -> 3 (2 later stage(s) changed too)" in err and "--force" in err
+    assert main([str(path), "--dry_run"]) == 0
+    assert "train 4L: changed since it ran (its source stage '2L' changed)" in capsys.readouterr().out
+    edit("1L", max_steps=2)
+    edit("4L", grow={"op": "stack", "layers": "top"})
+    assert main([str(path)]) == 1 and 'grow.layers "middle" -> "top"' in capsys.readouterr().err
+    assert tree(out) == files  # refusals touch nothing
+
+    # --force reruns only the changed stage, with the recipe's new settings
+    edit("4L", grow={"op": "stack", "layers": "middle"}, max_steps=3)
+    assert main([str(path), "--force"]) == 0
+    assert "deleted" in capsys.readouterr().out
+    assert json.loads((out / "4L" / "final" / "training.json").read_text())["tokens"] == 3 * 8 * 32
+    def others(files):  # everything but the 4L stage's outputs (4L/ and 4L-grown/)
+        return {p: b for p, b in files.items() if not p.relative_to(out).parts[0].startswith("4L")}
+
+    assert others(tree(out)) == others(files)
+    assert main([str(path)]) == 0 and capsys.readouterr().out.count(": done") == 5
+
+
+def tree(path):
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

@@ -120,3 +120,21 @@ def test_causal():
     b[0, 10:] = (b[0, 10:] + 1) % 96
     with torch.no_grad():
         torch.testing.assert_close(model(a)[:, :10], model(b)[:, :10])
+
+
+@pytest.mark.parametrize("factor, theta", [(1, 10000), (2, 10000), (2.5, 12345.5), (3, 500000)])
+def test_rope_cache_equals_transformers_linear_rope(factor, theta):
+    """Linear RoPE scaling by any positive float, bit for bit as transformers computes it (frequencies divided
+    by the factor); upstream divided the positions, which gives other floats unless the factor is a power of 2."""
+    import transformers
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from lit_gpt.fused_rotary_embedding import build_rope_cache
+
+    hf_config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=2048,
+                                         rope_parameters={"rope_type": "linear", "factor": float(factor),
+                                                          "rope_theta": float(theta)})
+    cos_hf, sin_hf = LlamaRotaryEmbedding(hf_config)(torch.zeros(1, 2048, 16), torch.arange(2048)[None])
+    cos, sin = build_rope_cache(2048, 16, theta, factor)
+    assert torch.equal(cos, cos_hf[0, :, :8]) and torch.equal(sin, sin_hf[0, :, :8])
+    assert torch.equal(cos_hf[0, :, :8], cos_hf[0, :, 8:])  # rotate-half layout: both halves share the angles

@@ -261,3 +261,28 @@ def test_combined_skip_equals_consuming(tmp_path):
     skipped = fresh()
     skipped.skip(77)
     assert take(skipped, 43) == uninterrupted[77:]
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused_when_loaded(tmp_path, monkeypatch):
+    """Upstream data has no record of its tokenizer: with `vocab_size` each file is checked once, when first
+    loaded, instead of an IndexError mid-training. Ids inside the vocabulary read exactly as without the check."""
+    files = write_blocks(tmp_path / "ok", "train", [3, 2, 4])  # ids 0..35
+    assert take(PackedDataset(files, 2, BLOCK, seed=4, vocab_size=36), 40) == take(
+        PackedDataset(files, 2, BLOCK, seed=4), 40)
+    with pytest.raises(ValueError) as info:
+        take(PackedDataset(files, 2, BLOCK, seed=4, vocab_size=35), 40)
+    assert str(info.value) == (f"{files[2]}: token id 35 is outside the model's vocabulary (0..34): the data was "
+                               "made with another tokenizer; use a model whose vocab_size covers it, or tokenize the "
+                               "data with the model's")
+    negative = tmp_path / "neg.bin"  # int32 data (a vocabulary of 65500 or more) can hold negative ids
+    negative.write_bytes(b"LITPKDS" + struct.pack("<QBQ", 1, 4, 4) + np.array([5, -3, 1, 2], "<i4").tobytes())
+    with pytest.raises(ValueError, match="token id -3 is outside"):
+        take(PackedDataset([negative], 1, BLOCK, vocab_size=100), 1)
+
+    dataset = PackedDataset(files, 1, BLOCK, seed=4, vocab_size=36)
+    checked = []
+    original = PackedDataset._check_ids
+    monkeypatch.setattr(PackedDataset, "_check_ids", lambda self, path, tokens: (
+        checked.append(path) if path not in self._checked else None, original(self, path, tokens)))
+    take(dataset, 9 * 3)  # three epochs
+    assert sorted(checked) == sorted(files)  # each file's ids are scanned once, not once per epoch

@@ -1,10 +1,14 @@
 """scripts/prepare_slimpajama.py on a small SlimPajama-layout fixture, and the sample-data text helpers."""
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import json
+import shutil
 import struct
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -94,8 +98,9 @@ def test_prepare_one_process(source, tokenizer_dir, tmp_path):
     assert stats["tokens_encoded"] == len(stream)
     assert stats["tokens_written"] == len(stream) // 16 * 16 and stats["tokens_dropped"] < 16
 
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in tmp_path.glob("*.bin"))
     assert names == [f"train_slimpajama_0_{i:010d}.bin" for i in range(stats["files_written"])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer", "train_slimpajama.record.json", *names]
     sizes = []
     for name in names:
         magic, version, dtype_code, chunk_size = struct.unpack("<7sQBQ", (tmp_path / name).read_bytes()[:24])
@@ -130,7 +135,8 @@ def test_validation_split_and_summary(source, tokenizer_dir, tmp_path):
                               tmp_path, "--split", "validation", "--chunk_size", 64, "--block_size", 4,
                               "--num_processes", 2)
     assert code == 0, err
-    assert [p.name for p in tmp_path.iterdir()] == ["validation_slimpajama_0_0000000000.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer", "validation_slimpajama.record.json",
+                                                          "validation_slimpajama_0_0000000000.bin"]
     assert "1 documents" in out and "skipped 0 RedPajamaGithub rows and 0 malformed lines" in out
 
 
@@ -196,3 +202,166 @@ def test_editions_of_a_work_share_a_split():
     names = {w["name"] for w in validation}
     for a, b in (("hamlet_gut", "hamlet_gut_f"), ("lear_gut", "lear_gut_f"), ("tale_gut", "tale_gut_f")):
         assert (a in names) == (b in names)
+
+
+def shown(stderr: str):
+    """The lines a terminal shows: tqdm redraws (and finally clears) its bar with carriage returns."""
+    return [line.rsplit("\r", 1)[-1] for line in stderr.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def snapshot(root: Path):
+    """Every path under `root` with its bytes (None for folders): what a failed run must leave unchanged."""
+    return {p: (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def test_both_splits_record_their_tokenizer(source, tokenizer_dir, tmp_path):
+    """The README's commands: both splits into one directory. Each split gets a record (tokenizer fingerprint,
+    vocabulary, path, file hashes, largest token id written) and the directory one copy of the tokenizer."""
+    out = tmp_path / "slim"
+    for split in ("train", "validation"):
+        code, _, err = run_main("--source_path", source, "--tokenizer_path", tokenizer_dir, "--destination_path", out,
+                                "--split", split, "--chunk_size", 64, "--block_size", 4, "--num_processes", 2)
+        assert code == 0, err
+    tokenizer = Tokenizer(tokenizer_dir)
+    for split in ("train", "validation"):
+        record = read_json(out / f"{split}_slimpajama.record.json")
+        written = np.concatenate([tokens_of(p) for p in sorted(out.glob(f"{split}_slimpajama_*.bin"))])
+        assert record["prefix"] == f"{split}_slimpajama" and record["tokens"] == len(written) > 0
+        assert record["files"] == len(list(out.glob(f"{split}_slimpajama_*.bin")))
+        assert record["max_token_id"] == int(written.max())
+        assert record["source"] == str((source / split).resolve())
+        entry = record["tokenizer"]
+        assert entry["fingerprint"] == tokenizer.fingerprint() and len(entry["fingerprint"]) == 64
+        assert (entry["vocab_size"], entry["bos_id"], entry["eos_id"]) == (tokenizer.vocab_size, 1, 2)
+        assert entry["path"] == str(tokenizer_dir.resolve())
+        model = (tokenizer_dir / "tokenizer.model").read_bytes()
+        assert entry["files"] == {"tokenizer.model": hashlib.sha256(model).hexdigest()}
+    assert sorted(p.name for p in (out / "tokenizer").iterdir()) == ["tokenizer.model"]
+    assert (out / "tokenizer" / "tokenizer.model").read_bytes() == (tokenizer_dir / "tokenizer.model").read_bytes()
+    assert not list(out.glob(".*"))  # no temporary folder left
+
+
+def test_a_second_tokenizer_in_one_directory_is_refused(source, tokenizer_dir, tmp_path):
+    out = tmp_path / "slim"
+    assert prep.prepare(source, tokenizer_dir, out, "train", 64, 1, 4, progress=False)["tokens_written"]
+    other = tmp_path / "other"
+    other.mkdir()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(DOCUMENTS * 3), model_prefix=str(other / "tokenizer"),
+                                   model_type="bpe", vocab_size=300, hard_vocab_limit=False, num_threads=1,
+                                   minloglevel=2)
+    before = snapshot(tmp_path)
+    code, out_text, err = run_main("--source_path", source, "--tokenizer_path", other, "--destination_path", out,
+                                   "--split", "validation", "--chunk_size", 64, "--block_size", 4)
+    assert (code, out_text) == (1, "")
+    assert err.count("\n") == 1 and err.startswith(f"error: {out / 'train_slimpajama.record.json'} is for another "
+                                                   "tokenizer"), err
+    assert "--destination_path" in err and snapshot(tmp_path) == before
+
+
+def truncated_source(root: Path, case: str) -> Path:
+    """Two train files, the second damaged as `case`: a download cut short, empty, or not zstd at all."""
+    write_zst(root / "train/chunk1/a.jsonl.zst", [row(d) for d in DOCUMENTS[:4]])
+    whole = zstandard.ZstdCompressor().compress("".join(row(d) for d in DOCUMENTS * 20).encode())
+    damaged = {"cut_mid_frame": whole[:len(whole) // 2], "cut_before_the_end": whole[:-3], "empty": b"",
+               "not_zstd": b"<html>404 Not Found</html>"}
+    if case == "cut_jsonl":
+        (root / "train/chunk1/b.jsonl").write_text("".join(row(d) for d in DOCUMENTS) + row(DOCUMENTS[0])[:30])
+        return root / "train/chunk1/b.jsonl"
+    (root / "train/chunk1/b.jsonl.zst").write_bytes(damaged[case])
+    return root / "train/chunk1/b.jsonl.zst"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("case", ["cut_mid_frame", "cut_before_the_end", "empty", "not_zstd", "cut_jsonl"])
+def test_truncated_input_fails_naming_the_file(tokenizer_dir, tmp_path, case, processes):
+    """Before: rc 0 with a partial split ("1 malformed line") or "0 tokens written". Now: one line naming the
+    file, rc 1, and nothing of the run left (the other process's finished files are removed too)."""
+    bad = truncated_source(tmp_path / "src", case)
+    (tmp_path / "slim").mkdir()
+    (tmp_path / "slim" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    for out in (tmp_path / "slim", tmp_path / "new" / "slim"):
+        code, out_text, err = run_main("--source_path", tmp_path / "src", "--tokenizer_path", tokenizer_dir,
+                                       "--destination_path", out, "--chunk_size", 16, "--block_size", 4,
+                                       "--num_processes", processes)
+        assert (code, out_text) == (1, "")
+        assert len(shown(err)) == 1 and shown(err)[0].startswith(f"error: {bad}: "), err
+        assert ("truncated" in err or "not valid zstd" in err) and "complete copy" in err
+        assert snapshot(tmp_path) == before  # no .bin, record, tokenizer copy, temporary or created folder
+
+
+def test_less_than_a_block_is_an_error(source, tokenizer_dir, tmp_path):
+    code, _, err = run_main("--source_path", source, "--tokenizer_path", tokenizer_dir, "--destination_path",
+                            tmp_path / "out", "--split", "validation", "--chunk_size", 4096, "--block_size", 4096)
+    assert code == 1 and len(shown(err)) == 1 and "less than one block of 4096" in shown(err)[0], err
+    assert not (tmp_path / "out").exists()
+
+
+FSIZE_RUN = """
+import resource, sys
+sys.argv[0] = {script!r}
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+sys.path.insert(0, {scripts!r})
+import prepare_slimpajama
+sys.exit(prepare_slimpajama.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("limit,failed_file", [(300, ".bin"), (2000, "tokenizer.model")])
+def test_full_disk_leaves_nothing(source, tokenizer_dir, tmp_path, limit, failed_file):
+    """A file-size limit (a full disk, as root cannot be stopped by permissions) while writing the .bin files
+    (chunks of 400 bytes) or the tokenizer copy (larger than 2000 bytes): one line naming the file, nothing
+    left behind. The limit is set in the child only, after Python has started."""
+    assert (tokenizer_dir / "tokenizer.model").stat().st_size > 2000
+    out = tmp_path / "slim"
+    code = FSIZE_RUN.format(script=str(ROOT / "scripts" / "prepare_slimpajama.py"), limit=limit,
+                            scripts=str(ROOT / "scripts"))
+    result = subprocess.run([sys.executable, "-c", code, "--source_path", str(source), "--tokenizer_path",
+                             str(tokenizer_dir), "--destination_path", str(out), "--chunk_size", "200",
+                             "--block_size", "4", "--num_processes", "2"], capture_output=True, timeout=60)
+    lines = shown(result.stderr.decode())  # not text=True: it would turn tqdm's carriage returns into newlines
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "File too large" in lines[0], lines
+    assert f"{out}/" in lines[0] and f"{failed_file}:" in lines[0], lines  # the file that could not be written
+    assert not out.exists(), lines
+
+
+def run_sample(*args):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = sample.main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_sample_data_refuses_a_truncated_download(sample_data, tmp_path):
+    """Before: an archive cut short was "exists, skipped" and reading it gave a tarfile traceback."""
+    archive = tmp_path / "_download" / sample.ARCHIVE
+    archive.parent.mkdir()
+    whole = (sample_data / "_download" / sample.ARCHIVE).read_bytes()
+    archive.write_bytes(whole[:len(whole) // 3])
+    before = snapshot(tmp_path)
+    code, _, err = run_sample("--out", tmp_path)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {archive} has sha256 ") and err.endswith("delete it and run again to download it "
+                                                                          "afresh\n")
+    assert snapshot(tmp_path) == before
+
+
+def test_sample_data_refuses_a_truncated_raw_file(sample_data, tmp_path):
+    """raw/ damaged after it was written (a copy cut short): one line naming the file and how to rebuild raw/;
+    no tokenizer/, packed/ or temporary folder is left."""
+    (tmp_path / "_download").mkdir()
+    (tmp_path / "_download" / sample.ARCHIVE).write_bytes((sample_data / "_download" / sample.ARCHIVE).read_bytes())
+    shutil.copytree(sample_data / "raw", tmp_path / "raw")
+    bad = sorted((tmp_path / "raw" / "train" / "chunk1").glob("*.jsonl.zst"))[1]
+    bad.write_bytes(bad.read_bytes()[:-100])
+    before = snapshot(tmp_path)
+    code, _, err = run_sample("--out", tmp_path)
+    assert code == 1 and len(shown(err)) == 1, err
+    assert shown(err)[0].startswith(f"error: {bad}: truncated: the file ends inside a zstd frame")
+    assert shown(err)[0].endswith(f"or delete {tmp_path / 'raw'} and run again to rebuild it")
+    assert snapshot(tmp_path) == before

@@ -189,7 +189,7 @@ def test_bad_input(data_dir, tmp_path):
     assert_refused(train(data_dir, tmp_path / "o", "--max_steps", 4, "--model_name", other,
                          "--resume", tmp_path / "run" / "step-00000002", check=False), "was saved for model")
     assert_refused(train(data_dir, tmp_path / "o", "--max_steps", 4, "--model_name", other,
-                         "--initial_checkpoint", tmp_path / "run" / "final", check=False), "do not match the config")
+                         "--initial_checkpoint", tmp_path / "run" / "final", check=False), "disagrees with")
     assert_refused(train(data_dir, tmp_path / "o", *model, "--global_batch_size", 7, check=False), "multiple")
 
 

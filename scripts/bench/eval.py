@@ -13,7 +13,6 @@ rolling request is a whole passage).
 Goal: ratio ours / hf >= 1.0 on CPU. The script also prints how far the two backends' scores differ.
 """
 
-import argparse
 import contextlib
 import importlib.util
 import io
@@ -32,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt import GPT, Config  # noqa: E402
 
 
@@ -70,8 +70,8 @@ def run_all(model, by_type):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=None, help="lit_gpt checkpoint dir (default: see above)")
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint_dir", "--checkpoint", type=Path, default=None, help="lit_gpt checkpoint dir (default: see above)")
     p.add_argument("--config", default=None,
                    help="benchmark random weights of this config (default: the demo checkpoint, else 4L128H)")
     p.add_argument("--tasks", default="sample", help="comma-separated tasks from eval/tasks (default: sample)")
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        checkpoint = args.checkpoint
+        checkpoint = args.checkpoint_dir
         default = ROOT / "out" / "demo" / "base" / "final"
         if checkpoint is None and args.config is None and (default / "lit_config.json").is_file():
             checkpoint = default

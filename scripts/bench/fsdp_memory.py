@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
+
 
 def vm_hwm() -> int:
     """This process's peak resident set size in bytes."""
@@ -62,7 +64,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4], help="process counts to measure")
     p.add_argument("--n_layer", type=int, default=16, help="layers of the 1024-wide model (16: ~271M parameters)")
     p.add_argument("--seq", type=int, default=256, help="tokens per micro-batch")

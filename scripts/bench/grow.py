@@ -9,7 +9,6 @@ measured from there on (the interpreter and torch's start-up, ~3 s and ~0.3 GiB 
 do not grow with the checkpoint, so they are printed apart).
 """
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt import GPT, Config  # noqa: E402
 
 
@@ -45,7 +45,7 @@ print(json.dumps([seconds, start_rss, status('VmHWM')]))
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--base", default="6L1024H")
     p.add_argument("--target", default="24L1024H")
     p.add_argument("--op", default="stack")

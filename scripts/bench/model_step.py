@@ -9,7 +9,6 @@ Steps of the two models alternate, so background load hits both alike; the media
 is reported, with the ratio ours / HF in tokens per second.
 """
 
-import argparse
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt import GPT, Config, FusedCrossEntropyLoss  # noqa: E402
 from lit_gpt.convert import copy_weights_llama, lit_config_to_hf  # noqa: E402
 
@@ -65,7 +65,7 @@ def timed(step, x, y, device) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model_name", default="8L256H", help="config name or lit_config.json (default: 8L256H)")
     p.add_argument("--batch_size", type=int, default=8, help="sequences per step (default: 8)")
     p.add_argument("--seq_len", type=int, default=256, help="tokens per sequence (default: 256)")

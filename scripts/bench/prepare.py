@@ -8,7 +8,6 @@ Runs of the two alternate, so background load hits both alike; medians are repor
 counts tokens (nothing is sent back or written), so the ratio is a lower bound on the pipeline's efficiency.
 """
 
-import argparse
 import multiprocessing
 import os
 import statistics
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 from prepare_slimpajama import find_files, prepare, read_texts  # noqa: E402
 
 _processor = None
@@ -56,7 +56,7 @@ def pipeline(data: Path, processes: int) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "sample",
                         help="output of scripts/prepare_sample_data.py (its raw/train and tokenizer/ are used)")
     parser.add_argument("--num_processes", type=int, default=os.cpu_count(), help="processes for both (default: all)")

@@ -7,7 +7,6 @@ Both run in one process on this machine; the loop's tokens/s is the median over 
 read from metrics.csv; the goal is a loop within 10% of the bare step (ratio >= 0.90).
 """
 
-import argparse
 import csv
 import statistics
 import subprocess
@@ -21,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt import GPT, Config, FusedCrossEntropyLoss  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def bare_step_tokens_per_sec(config: Config, batch: int, seq: int, micro: int, s
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model_name", default="4L128H")
     p.add_argument("--data_dir", type=Path, default=ROOT / "data" / "sample" / "packed")
     p.add_argument("--global_batch_size", type=int, default=16)

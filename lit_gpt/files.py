@@ -1,0 +1,135 @@
+"""Writing outputs safely: under a temporary name beside the target, renamed into place when complete, with the
+permissions the user's umask asks for, and nothing left behind when a write fails.
+
+`tempfile.mkstemp`/`mkdtemp` create 0600 files and 0700 directories; renamed as they are, group members on a
+shared cluster could not read the results. Every output of every command goes through these helpers.
+"""
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Union
+
+PathLike = Union[str, Path]
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it: restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable_target(path: PathLike, force: bool, flag: str = "--force",
+                          inputs: Optional[Dict[str, PathLike]] = None, what: str = "") -> None:
+    """Refuses to replace an existing file or a non-empty directory unless `force`, and always refuses an output
+    that is or holds one of the command's `inputs` ({flag: path}), which replacing it would delete.
+
+    Raises:
+        ValueError: one line naming `path` (as `what`, e.g. "--out_dir X", when given) and the flag that allows
+            replacing it, or the input it holds.
+    """
+    path = Path(path)
+    for name, source in (inputs or {}).items():
+        source = Path(source)
+        if source.resolve() == path.resolve() or path.resolve() in source.resolve().parents:
+            raise ValueError(f"{what or path} holds {name} {source}, which replacing it would delete; choose another "
+                             "directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise ValueError(f"{path} exists and is not empty; pass {flag} to replace it")
+    if path.exists() and not path.is_dir() and not force:
+        raise ValueError(f"{path} exists; pass {flag} to replace it")
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(20, "a path component is a file, not a directory", str(path.parent)) from None
+
+
+@contextmanager
+def atomic_dir(out: PathLike) -> Iterator[Path]:
+    """Yields an empty temporary directory beside `out`; when the block ends without error it replaces `out`
+    (whatever was there) in one rename, with mode 0777 & ~umask. On error the temporary directory is removed
+    and `out` is left as it was.
+
+    Raises:
+        OSError: the parent of `out` cannot be created or written (the error names the path).
+    """
+    out = Path(out)
+    _make_parent(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~umask())
+        if out.is_dir() and not out.is_symlink():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.exists() or out.is_symlink():
+                out.unlink()
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path` to write; when the block ends without error it is renamed onto
+    `path` with mode 0666 & ~umask. On error the temporary file is removed and `path` is left as it was.
+
+    Raises:
+        OSError: the parent of `path` cannot be created or written (the error names the path).
+    """
+    path = Path(path)
+    _make_parent(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` atomically (see `atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def save_torch(obj, path: PathLike) -> None:
+    """`torch.save` that turns a failed write into an OSError naming the file.
+
+    torch reports a full disk or a file-size limit as a RuntimeError from its zip writer ("unexpected pos 704
+    vs 598"), which names neither the file nor the cause.
+
+    Raises:
+        OSError: the write failed; its message names `path` and says the disk may be full.
+    """
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except RuntimeError as e:
+        free = shutil.disk_usage(Path(path).parent).free if Path(path).parent.exists() else None
+        hint = f"; {free / 2**30:.1f} GiB free there" if free is not None else ""
+        raise OSError(f"{path}: write failed (disk full or file size limit?{hint}): "
+                      f"{str(e).strip().splitlines()[-1][:160]}") from None
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError: the path, what failed and, for write errors, a hint."""
+    path = e.filename if e.filename is not None else None
+    reason = e.strerror or str(e)
+    if path is None:
+        return reason
+    extra = f" -> {e.filename2}" if e.filename2 else ""
+    return f"{path}{extra}: {reason}"

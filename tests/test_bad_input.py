@@ -1,0 +1,220 @@
+"""Bad input over every command, run as a user runs it: a non-zero exit, exactly one stderr line starting with
+`error:` that names the file or flag at fault, no traceback, and nothing new or changed on disk."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import zstandard
+
+import pytest
+from conftest import ROOT
+
+from lit_gpt import Config
+
+TINY = dict(name="tiny-bad", block_size=32, vocab_size=4096, padding_multiple=64, n_layer=2, n_head=2,
+            n_query_groups=1, n_embd=32, intermediate_size=64)
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[Path, Dict[str, Path]], List[str]]  # (scratch dir, world) -> command line after `python`
+    needle: Callable[[Path, Dict[str, Path]], str]  # what the error line must name
+    setup: Callable[[Path, Dict[str, Path]], None] = lambda tmp, w: None
+    code: Tuple[int, ...] = (1, 2)
+
+
+def snapshot(*roots: Path) -> Dict[str, Tuple]:
+    """Every file and directory under `roots`: (kind, size, mtime, mode) by path."""
+    found = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                st = p.lstat()
+                found[str(p)] = (name in dirnames, st.st_size if name in filenames else 0, st.st_mtime_ns, st.st_mode)
+    return found
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, sample_data) -> Dict[str, Path]:
+    """A tiny trained run on the sample data (a step checkpoint and final/), and its pieces."""
+    root = tmp_path_factory.mktemp("world")
+    Config(**TINY).to_json(root / "tiny.json")
+    run = root / "run"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "pretrain" / "tinyllama.py"), "--model_name", str(root / "tiny.json"),
+         "--train_data_dir", str(sample_data / "packed"), "--out_dir", str(run), "--global_batch_size", "2",
+         "--micro_batch_size", "2", "--max_steps", "2", "--save_interval", "1", "--eval_interval", "0",
+         "--block_size", "32"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"root": root, "config": root / "tiny.json", "run": run, "final": run / "final",
+            "step": run / "step-00000001", "data": sample_data / "packed", "tokenizer": sample_data / "tokenizer"}
+
+
+def _file(tmp: Path, name: str = "notes.txt") -> Path:
+    (tmp / name).write_text("the user's file\n")
+    return tmp / name
+
+
+def _dir_with_file(tmp: Path, name: str = "out") -> Path:
+    (tmp / name).mkdir()
+    _file(tmp / name)
+    return tmp / name
+
+
+CASES = [
+    Case("demo-out-holds-user-files", lambda t, w: ["scripts/demo.py", "--out", str(t / "out")],
+         lambda t, w: str(t / "out"), setup=lambda t, w: _dir_with_file(t)),
+    Case("demo-bad-tokens-keeps-out", lambda t, w: ["scripts/demo.py", "--out", str(t / "out"), "--tokens", "1000"],
+         lambda t, w: "--tokens", setup=lambda t, w: _dir_with_file(t)),
+    Case("table-out-exists", lambda t, w: ["eval/table.py", "--paper", "fig3", "--out", str(t / "notes.txt")],
+         lambda t, w: str(t / "notes.txt"), setup=lambda t, w: _file(t)),
+    Case("table-out-below-a-file", lambda t, w: ["eval/table.py", "--paper", "fig3", "--out",
+                                                 str(t / "notes.txt" / "t.md")],
+         lambda t, w: str(t / "notes.txt"), setup=lambda t, w: _file(t)),
+    Case("plot-out-exists", lambda t, w: ["eval/plot.py", str(w["run"]), "--y", "train_loss", "--out",
+                                          str(t / "notes.txt")],
+         lambda t, w: str(t / "notes.txt"), setup=lambda t, w: _file(t)),
+    Case("speedup-no-metrics", lambda t, w: ["eval/speedup.py", "--scratch", str(t), "--grown", str(w["run"])],
+         lambda t, w: str(t / "metrics.csv")),
+    Case("pretrain-out-dir-below-a-file", lambda t, w: [
+        "pretrain/tinyllama.py", "--model_name", str(w["config"]), "--train_data_dir", str(w["data"]),
+        "--out_dir", str(t / "notes.txt" / "run"), "--max_steps", "1", "--global_batch_size", "2",
+        "--micro_batch_size", "2"], lambda t, w: str(t / "notes.txt"), setup=lambda t, w: _file(t)),
+    Case("grow-out-below-a-file", lambda t, w: [
+        "-m", "growth", "grow", "--src", str(w["final"]), "--target", str(w["config"]), "--op", "stack",
+        "--out", str(t / "notes.txt" / "grown")], lambda t, w: str(t / "notes.txt"), setup=lambda t, w: _file(t)),
+]
+
+
+def _config(tmp: Path, **change) -> Path:
+    """The tiny model's lit_config.json with `change` written over it (values of any JSON type)."""
+    path = tmp / "model.json"
+    Config(**TINY).to_json(path)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    return path
+
+
+def _misspelt_config(tmp: Path) -> Path:
+    path = _config(tmp)
+    data = json.loads(path.read_text())
+    data["n_layers"] = data.pop("n_layer")
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _damaged_step(tmp: Path, w: Dict[str, Path], how: str) -> Path:
+    step = tmp / "run" / w["step"].name
+    shutil.copytree(w["step"], step)
+    shard = next(step.glob("*.distcp"))
+    if how == "truncate":
+        with shard.open("r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+    else:
+        shard.unlink()
+    return step
+
+
+def _truncated_zst(tmp: Path) -> Path:
+    src = tmp / "src" / "train" / "chunk1"
+    src.mkdir(parents=True)
+    rows = "".join(json.dumps({"text": f"line {i} " * 20, "meta": {"redpajama_set_name": "RedPajamaC4"}}) + "\n"
+                   for i in range(200))
+    data = zstandard.ZstdCompressor().compress(rows.encode())
+    (src / "example_train_0.jsonl.zst").write_bytes(data[: len(data) // 2])
+    return src / "example_train_0.jsonl.zst"
+
+
+def _pretrain(w: Dict[str, Path], out: Path, *extra: str) -> List[str]:
+    return ["pretrain/tinyllama.py", "--train_data_dir", str(w["data"]), "--out_dir", str(out), "--max_steps", "1",
+            "--global_batch_size", "2", "--micro_batch_size", "2", "--block_size", "32", *extra]
+
+
+CASES += [
+    Case("pretrain-config-unknown-key", lambda t, w: _pretrain(w, t / "run", "--model_name", str(t / "model.json")),
+         lambda t, w: "n_layers", setup=lambda t, w: _misspelt_config(t)),
+    Case("pretrain-config-wrong-type", lambda t, w: _pretrain(w, t / "run", "--model_name", str(t / "model.json")),
+         lambda t, w: str(t / "model.json"), setup=lambda t, w: _config(t, n_layer="4")),
+    Case("pretrain-config-not-json", lambda t, w: _pretrain(w, t / "run", "--model_name", str(t / "notes.txt")),
+         lambda t, w: str(t / "notes.txt"), setup=lambda t, w: _file(t, "notes.txt")),
+    Case("pretrain-recipe-bad-choice", lambda t, w: _pretrain(w, t / "run", "--config", str(t / "r.yaml")),
+         lambda t, w: "strategy", setup=lambda t, w: (t / "r.yaml").write_text("strategy: fdsp\n"), code=(2,)),
+    Case("pretrain-bad-token-count", lambda t, w: _pretrain(w, t / "run", "--max_tokens", "5X"),
+         lambda t, w: "--max_tokens", code=(2,)),
+    Case("pretrain-vocab-smaller-than-data", lambda t, w: _pretrain(w, t / "run", "--model_name",
+                                                                    str(t / "model.json")),
+         lambda t, w: "vocab", setup=lambda t, w: _config(t, vocab_size=64, padded_vocab_size=64)),
+    Case("pretrain-resume-truncated-shard", lambda t, w: _pretrain(w, t / "run2", "--model_name", str(w["config"]),
+                                                                   "--resume", str(t / "run" / "step-00000001")),
+         lambda t, w: str(t / "run" / "step-00000001"), setup=lambda t, w: _damaged_step(t, w, "truncate")),
+    Case("pretrain-initial-checkpoint-other-model", lambda t, w: _pretrain(
+        w, t / "run", "--model_name", "8L128H", "--initial_checkpoint", str(w["final"])),
+        lambda t, w: "--model_name"),
+    Case("export-damaged-shard", lambda t, w: ["scripts/export_checkpoint.py", "--checkpoint_dir",
+                                               str(t / "run" / "step-00000001"), "--out_dir", str(t / "x")],
+         lambda t, w: str(t / "run" / "step-00000001"), setup=lambda t, w: _damaged_step(t, w, "delete")),
+    Case("export-out-exists", lambda t, w: ["scripts/export_checkpoint.py", "--checkpoint_dir", str(w["step"]),
+                                            "--out_dir", str(t / "out")],
+         lambda t, w: str(t / "out"), setup=lambda t, w: _dir_with_file(t)),
+    Case("grow-damaged-source", lambda t, w: ["-m", "growth", "grow", "--src", str(t / "run" / "step-00000001"),
+                                              "--target", "8L128H", "--op", "stack", "--out_dir", str(t / "g")],
+         lambda t, w: str(t / "run" / "step-00000001"), setup=lambda t, w: _damaged_step(t, w, "truncate")),
+    Case("grow-shrinks", lambda t, w: ["-m", "growth", "grow", "--src", str(w["final"]), "--target",
+                                       str(t / "model.json"), "--op", "stack", "--out_dir", str(t / "g")],
+         lambda t, w: "layer", setup=lambda t, w: _config(t, n_layer=1)),
+    Case("grow-target-unknown-key", lambda t, w: ["-m", "growth", "grow", "--src", str(w["final"]), "--target",
+                                                  str(t / "model.json"), "--op", "stack", "--out_dir", str(t / "g")],
+         lambda t, w: "n_layers", setup=lambda t, w: _misspelt_config(t)),
+    Case("grow-out-holds-src", lambda t, w: ["-m", "growth", "grow", "--src", str(w["final"]), "--target", "8L128H",
+                                             "--op", "stack", "--out_dir", str(w["run"]), "--force"],
+         lambda t, w: str(w["final"])),
+    Case("eval-out-exists", lambda t, w: ["eval/run.py", "--checkpoint_dir", str(w["final"]), "--tasks", "sample_mc",
+                                          "--out", str(t / "notes.txt")],
+         lambda t, w: str(t / "notes.txt"), setup=lambda t, w: _file(t)),
+    Case("eval-no-checkpoint", lambda t, w: ["eval/run.py", "--checkpoint_dir", str(t / "nope"), "--tasks",
+                                             "sample_mc", "--out", str(t / "r.json")], lambda t, w: str(t / "nope")),
+    Case("convert-lit-out-exists", lambda t, w: ["scripts/convert_lit_checkpoint.py", "--checkpoint_path",
+                                                 str(w["final"] / "lit_model.pth"), "--out_dir", str(t / "out")],
+         lambda t, w: str(t / "out"), setup=lambda t, w: _dir_with_file(t)),
+    Case("convert-hf-llama3-rope", lambda t, w: ["scripts/convert_hf_checkpoint.py", "--checkpoint_dir", str(t)],
+         lambda t, w: str(t / "config.json"), setup=lambda t, w: (t / "config.json").write_text(json.dumps({
+             "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128,
+             "vocab_size": 256, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}))),
+    Case("prepare-truncated-zst", lambda t, w: [
+        "scripts/prepare_slimpajama.py", "--source_path", str(t / "src"), "--tokenizer_path", str(w["tokenizer"]),
+        "--destination_path", str(t / "out"), "--split", "train"],
+        lambda t, w: "example_train_0.jsonl.zst", setup=lambda t, w: _truncated_zst(t)),
+    Case("stages-recipe-bad-choice", lambda t, w: ["-m", "growth", "stages", str(t / "r.yaml"), "--dry_run"],
+         lambda t, w: "strategy", setup=lambda t, w: (t / "r.yaml").write_text(
+             f"out_dir: {t / 'o'}\ntrain: {{strategy: fdsp}}\nstages:\n  - {{name: a, model_name: 2L128H}}\n")),
+    Case("plan-bad-count", lambda t, w: ["-m", "growth", "plan", "--params", "1.1Q", "--tokens", "10B"],
+         lambda t, w: "--params", code=(2,)),
+    Case("layers-bad-spec", lambda t, w: ["-m", "growth", "layers", "12-3456*5-99", "--base", "6"],
+         lambda t, w: "12-3456*5-99"),
+    Case("reproduce-unknown-experiment", lambda t, w: ["scripts/reproduce.py", "nope", "--dry_run"],
+         lambda t, w: "nope"),
+    Case("table-result-not-json", lambda t, w: ["eval/table.py", str(t / "notes.txt")],
+         lambda t, w: str(t / "notes.txt"), setup=lambda t, w: _file(t)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, world, tmp_path):
+    case.setup(tmp_path, world)
+    watched = (tmp_path, world["root"], ROOT / "out")
+    before = snapshot(*[p for p in watched if p.exists()])
+    result = subprocess.run([sys.executable, *case.argv(tmp_path, world)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode in case.code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert case.needle(tmp_path, world) in errors[0], errors[0]
+    assert snapshot(*[p for p in watched if p.exists()]) == before
