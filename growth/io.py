@@ -14,7 +14,7 @@ from growth.writers import Transform, write_pth, write_safetensors
 from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, naming_target
 from lit_gpt.config import Config
 from lit_gpt.convert import expected_shapes
-from lit_gpt.files import atomic_dir, check_writable_target, save_torch
+from lit_gpt.files import atomic_dir, check_writable_target, save_torch, sha256_file
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict
 
@@ -67,22 +67,14 @@ def load_source(src: Path, config_name: Optional[str] = None) -> Source:
     check_state_dict(state, expected_shapes(config), f"source {weights}")
     training_file = directory / "training.json"
     training = json.loads(training_file.read_text()) if training_file.is_file() else {}
-    return Source(weights, config, state, _sha256_file(weights), training, directory)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return Source(weights, config, state, sha256_file(weights), training, directory)
 
 
 def _sha256_dir(path: Path) -> str:
     digest = hashlib.sha256()
     for f in sorted(p for p in path.iterdir() if p.is_file()):
         digest.update(f.name.encode())
-        digest.update(_sha256_file(f).encode())
+        digest.update(sha256_file(f).encode())
     return digest.hexdigest()
 
 

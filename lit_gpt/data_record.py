@@ -17,14 +17,13 @@ mixed, and token ids or a vocabulary beyond the model's embedding rows, and retu
 beside the weights with it.
 """
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from lit_gpt.config import Config
-from lit_gpt.files import atomic_dir, write_text
+from lit_gpt.files import atomic_dir, sha256_file, write_text
 from lit_gpt.tokenizer import TOKENIZER_FILES, Tokenizer, has_tokenizer
 
 RECORD_SUFFIX = ".record.json"
@@ -43,14 +42,6 @@ class DataTokenizer(NamedTuple):
     warning: Optional[str]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def tokenizer_directory(path: PathLike) -> Path:
     """The folder of a tokenizer given as its folder or as one of its files (upstream pointed at the file)."""
     path = Path(path)
@@ -67,7 +58,7 @@ def tokenizer_entry(path: PathLike) -> Dict:
     tokenizer = Tokenizer(directory)
     return {"fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id,
             "eos_id": tokenizer.eos_id, "backend": tokenizer.backend, "path": str(directory.resolve()),
-            "files": {name: _sha256_file(directory / name) for name in TOKENIZER_FILES
+            "files": {name: sha256_file(directory / name) for name in TOKENIZER_FILES
                       if (directory / name).is_file()}}
 
 

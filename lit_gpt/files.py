@@ -5,6 +5,7 @@ permissions the user's umask asks for, and nothing left behind when a write fail
 shared cluster could not read the results. Every output of every command goes through these helpers.
 """
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -103,6 +104,15 @@ def write_text(path: PathLike, text: str) -> None:
     """Writes `text` (UTF-8) to `path` atomically (see `atomic_file`)."""
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def sha256_file(path: PathLike) -> str:
+    """The sha256 of a file's bytes, hex, read in 16 MiB pieces (a multi-GB checkpoint never sits in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_torch(obj, path: PathLike) -> None:

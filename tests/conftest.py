@@ -1,4 +1,6 @@
+import contextlib
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,21 @@ def sample_data() -> Path:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_sample_data.py"), "--out", str(out)],
                        check=True, capture_output=True)
     return out
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """The process's umask set to `mask` for the block."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    """A file's permission bits, e.g. 0o640."""
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def run_group(argv, timeout: float, **kwargs) -> subprocess.CompletedProcess:

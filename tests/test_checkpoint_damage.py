@@ -3,19 +3,17 @@ and ends bitwise where a run that never had it ends; every command refuses a dam
 (RLIMIT_FSIZE: writes fail with EFBIG) or an unwritable path with exactly one `error:` line, leaving the last
 good checkpoint intact and no temporary files behind."""
 
-import contextlib
 import hashlib
 import os
 import resource
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, mode, umask
 from test_pretrain import SCRIPT, args_for, data_dir, final_weights, metrics, train  # noqa: F401 - data_dir: fixture
 
 from lit_gpt import Config
@@ -83,19 +81,6 @@ def run_limited(argv: list, size: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=ROOT, env=env,
                           preexec_fn=limited(size), timeout=300)
-
-
-@contextlib.contextmanager
-def umask(mask: int):
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 # ---- --resume auto falls back to the newest intact checkpoint ----

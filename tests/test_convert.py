@@ -4,9 +4,7 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 import resource
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import ROOT, small_config
+from conftest import ROOT, mode, small_config, umask
 from safetensors.torch import load_file, save_file
 
 from lit_gpt import GPT, Config
@@ -296,19 +294,6 @@ def lit_checkpoint(directory: Path) -> Path:
     torch.save(GPT(config).state_dict(), directory / "lit_model.pth")
     config.to_json(directory / "lit_config.json")
     return directory / "lit_model.pth"
-
-
-@contextlib.contextmanager
-def umask(mask: int):
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_lit_output_is_replaced_only_with_force(tmp_path):

@@ -1,27 +1,20 @@
 """lit_gpt.files: outputs appear whole or not at all, with the umask's permissions, and name the path on failure."""
 
-import os
 import resource
-import stat
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, mode, umask
 
 from lit_gpt.files import atomic_dir, atomic_file, check_writable_target, os_error_line, save_torch, write_text
 
 
 @pytest.fixture(params=[0o022, 0o002, 0o077])
 def mask(request):
-    old = os.umask(request.param)
-    yield request.param
-    os.umask(old)
-
-
-def mode(path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
+    with umask(request.param):
+        yield request.param
 
 
 def test_outputs_follow_the_umask(tmp_path, mask):
