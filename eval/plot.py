@@ -15,7 +15,7 @@ else:  # run as a script: eval/ is sys.path[0]; speedup puts the repository root
     from speedup import LOSS_COLUMNS, UsageError, losses, read_metrics, scratch_equivalent_tokens
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
-from lit_gpt.files import atomic_file, check_writable_target, os_error_line  # noqa: E402
+from lit_gpt.files import atomic_file, check_keeps_inputs, check_writable_target, os_error_line  # noqa: E402
 
 AXES = {"tokens": "tokens (scratch-equivalent)", "flops": "training FLOPs (base model included)"}
 
@@ -81,6 +81,8 @@ def main(argv=None) -> None:
         if args.smooth < 1:
             raise UsageError("--smooth must be at least 1")
         labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+        for run in args.runs:
+            check_keeps_inputs(args.out, {"the run": run}, f"--out {args.out}")
         check_writable_target(args.out, args.force)
         plot(args.runs, Path(args.out), args.x, args.y, labels, args.logx, args.smooth, args.title)
     except (ValueError, ImportError, OSError) as e:  # UsageError is a ValueError

@@ -173,7 +173,7 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def check_output(path: Path, force: bool) -> None:
+def check_output(path: Path, force: bool, checkpoint: Optional[Path] = None) -> None:
     """Fails now rather than after the evaluation: `path` exists (without `force`), is a directory, or its
     nearest existing folder is not a directory or cannot be written (tried with an unnamed temporary file).
 
@@ -182,7 +182,8 @@ def check_output(path: Path, force: bool) -> None:
     """
     if path.is_dir():
         raise ValueError(f"--out {path} is a directory; give a file path")
-    check_writable_target(path, force, "--force")
+    check_writable_target(path, force, "--force", {"--checkpoint_dir": checkpoint} if checkpoint else None,
+                          f"--out {path}")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -281,7 +282,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
-    check_output(args.out, args.force)
+    check_output(args.out, args.force, args.checkpoint_dir)
     data = evaluate(args)
     write_json(args.out, data)
     print(f"wrote {args.out}", file=sys.stderr)

@@ -13,6 +13,7 @@ headline is this measure at 300B scratch tokens).
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -39,15 +40,19 @@ def read_metrics(path) -> Rows:
         path = path / "metrics.csv"
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
-        try:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
             rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items() if k} for r in reader]
-        except ValueError as e:
-            raise UsageError(f"{path}: not a number in a metrics row ({e})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file; expected a metrics.csv written by pretrain/tinyllama.py") from None
+    except ValueError as e:
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(f"{path}: not a number in a metrics row ({e})") from None
     if not rows:
         raise UsageError(f"{path}: no rows")
     if any(r[c] is None for r in rows for c in REQUIRED):
@@ -162,6 +167,10 @@ def main(argv=None) -> None:
         if args.smooth < 1:
             raise UsageError("--smooth must be at least 1")
         scratch, grown = read_metrics(args.scratch), read_metrics(args.grown)
+        for name in ("at_loss", "add_base_flops"):
+            value = getattr(args, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"--{name} must be a finite number of at least 0, got {value}")
         for r in grown:
             r["flops"] += args.add_base_flops
         res = speedup(scratch, grown, args.at_loss, args.column, args.smooth)

@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:  # run as a script: lit_gpt is imported from the r
     sys.path.insert(0, str(ROOT))
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
-from lit_gpt.files import check_writable_target, os_error_line, write_text  # noqa: E402
+from lit_gpt.files import check_keeps_inputs, check_writable_target, os_error_line, write_text  # noqa: E402
 
 PAPER_FILE = Path(__file__).resolve().parent / "paper_numbers.json"
 
@@ -160,8 +160,8 @@ def load_result(path: str) -> dict:
 
 
 def main(argv=None) -> None:
-    p = ArgumentParser(description="Print the paper's evaluation table (rows: metrics, columns: models) for eval/run.py "
-                           "result files, optionally with the paper's reported numbers beside them.")
+    p = ArgumentParser(description="Print the paper's evaluation table (rows: metrics, columns: models) for "
+                       "eval/run.py result files, optionally with the paper's reported numbers beside them.")
     p.add_argument("results", nargs="*", help="result JSON files written by eval/run.py, one column each")
     p.add_argument("--paper", help="add the paper's numbers of this table as 'paper: NAME' columns and use its "
                                    "task set: fig3 (operator grid, 1.1B), tab3 (1B open models), tab6 (7B, ten tasks)")
@@ -181,6 +181,8 @@ def main(argv=None) -> None:
         if args.paper and args.format == "markdown":
             text = f"{load_paper(args.paper)['title']}\n\n{text}"
         if args.out:
+            for result in args.results:
+                check_keeps_inputs(args.out, {"the result file": result}, f"--out {args.out}")
             check_writable_target(args.out, args.force)
             write_text(args.out, text)
     except (UsageError, ValueError, OSError) as e:

@@ -7,9 +7,13 @@ COMMANDS = ("grow", "learn", "layers", "plan", "stages")
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: python -m growth {{{','.join(COMMANDS)}}} ...\n\n{__doc__.strip()}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m growth {{{','.join(COMMANDS)}}} ...\n\n{__doc__.strip()}", file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+        given = f"unknown command {argv[0]!r}" if argv else "no command given"
+        print(f"error: {given}; choose one of {', '.join(COMMANDS)} (see python -m growth --help)", file=sys.stderr)
+        return 2
     if argv[0] == "grow":
         from growth.grow import main as command
     elif argv[0] == "learn":

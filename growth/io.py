@@ -96,7 +96,8 @@ def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, recor
     check_state_dict(state, expected_shapes(config), "grown model")
     with atomic_dir(out) as tmp, naming_target(tmp, out):
         total = sum(t.numel() * t.element_size() for t in state.values())
-        with tqdm(total=total, unit="B", unit_scale=True, desc="writing", leave=False) as bar:
+        # disable=None: no bar when stderr is a log file, where it would run into the error line
+        with tqdm(total=total, unit="B", unit_scale=True, desc="writing", leave=False, disable=None) as bar:
             writer, name = (write_safetensors, "lit_model.safetensors") if safetensors else (write_pth, "lit_model.pth")
             _write_weights(writer, tmp / name, state, transform, bar.update)
         config.to_json(tmp / "lit_config.json")
@@ -105,7 +106,7 @@ def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, recor
             save_torch(obj, tmp / name)
         for name in TOKENIZER_FILES if source.directory else ():
             if (source.directory / name).is_file():
-                shutil.copy2(source.directory / name, tmp / name)
+                shutil.copyfile(source.directory / name, tmp / name)  # the umask, not the source's mode
 
 
 def _write_weights(writer: Callable[..., None], path: Path, *args: Any) -> None:

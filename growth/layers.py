@@ -344,6 +344,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--target", type=int, metavar="N", help="layers in the target model")
     try:
         args = parser.parse_args(argv)
+        if args.target is not None and args.target < args.base:
+            raise ValueError(f"--target {args.target} is below --base {args.base}: growth never removes layers")
         index_map = resolve(args.spec, args.base, args.target)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)

@@ -274,7 +274,7 @@ def fit(hypernet: _Hypernet, tgt_config: Config, data_dir: Path, steps: int, lr:
 def _train(hypernet, optimizer, loss_on, batches, steps: int, grad_clip: float, progress: bool, prepare) -> None:
     from tqdm import tqdm
 
-    bar = tqdm(range(steps), desc="fitting G_learn", unit="step", disable=not progress or steps == 0)
+    bar = tqdm(range(steps), desc="fitting G_learn", unit="step", disable=True if not progress or steps == 0 else None)
     for _ in bar:
         loss = loss_on(prepare(next(batches)))
         optimizer.zero_grad(set_to_none=True)
@@ -329,6 +329,13 @@ def learn(src: Path, target: str, op: str, data: Path, out: Path, steps: int = 1
     index_map = resolve(layers or "cyclic", source.config.n_layer, tgt.n_layer) if op == "learn-depth" else None
     hypernet = build(op, source.config, source.state, tgt, index_map, seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device torch knows; use e.g. cpu, cuda or cuda:1") from None
+    backend = getattr(torch, kind, None)
+    if kind != "cpu" and not (backend is not None and hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(f"--device {device}: torch sees no {kind} device here")
     torch.manual_seed(seed)
     losses = fit(hypernet, tgt, data, steps, lr, micro_batch_size, seed, block_size, device, progress=progress)
     block = block_size or tgt.block_size
@@ -363,8 +370,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--op", required=True, help="learn-depth: mix the source layers into "
                    "more layers (width kept, init = G_stack); learn-width: widen every tensor (depth kept, "
                    "head_size and query heads per key/value group kept)")
-    p.add_argument("--train_data_dir", "--data", type=Path, required=True, help="packed data directory with train_*.bin files (and "
-                   "optionally validation*.bin, for the before/after loss)")
+    p.add_argument("--train_data_dir", "--data", type=Path, required=True, help="packed data directory with "
+                   "train_*.bin files (and optionally validation*.bin, for the before/after loss)")
     p.add_argument("--out_dir", "--out", type=Path, required=True,
                    help="output directory (refused if not empty, see --force)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps of the fit (default 100; 0 writes the "

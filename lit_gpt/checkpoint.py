@@ -11,6 +11,7 @@ deleted shard, a garbled file) is found by `damage` from its files alone, before
 `--resume auto` passes over it (`find_resumable`).
 """
 
+import errno
 import json
 import os
 import random
@@ -54,15 +55,17 @@ def find_latest(out_dir: Path) -> Optional[Path]:
 
 
 def find_resumable(out_dir: Path, warn: Callable[[str], None]) -> Optional[Path]:
-    """`--resume auto`: the newest complete checkpoint that `damage` finds nothing wrong with, or None when
-    `out_dir` holds no complete checkpoint. Each newer damaged one is passed over with a `warning:` line given
-    to `warn`.
+    """`--resume auto`: the newest checkpoint that `damage` finds nothing wrong with, or None when `out_dir` holds
+    no checkpoint. Each newer damaged one is passed over with a `warning:` line given to `warn`. A `step-*`
+    directory without meta.json counts as damaged, not absent: saves are renamed into place whole, so its meta.json
+    was lost afterwards, and starting afresh would overwrite the run step by step.
 
     Raises:
         CheckpointError: there are complete checkpoints but every one is damaged (starting afresh would
             overwrite them step by step); the line names the newest and what is wrong with it.
     """
-    found = sorted(_complete(out_dir), reverse=True)
+    found = sorted(((int(m.group(1)), p) for p in out_dir.glob("step-*") if (m := STEP_DIR.match(p.name))
+                    and p.is_dir()), reverse=True)
     problems = []
     for _, path in found:
         problems.append(damage(path))
@@ -197,8 +200,9 @@ def save(fabric, out_dir: Path, step: int, model: torch.nn.Module, optimizer: to
         except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise CheckpointError(f"could not save step {step} into {final}: {first_line(e)}; the last complete "
-                                  "checkpoint is kept: fix that and continue with --resume auto") from None
+            hint = _disk_hint(e, out_dir)
+            raise CheckpointError(f"could not save step {step} into {final}{hint}: {first_line(e)}; the last "
+                                  "complete checkpoint is kept: fix that and continue with --resume auto") from None
 
     on_rank_zero(fabric, start)
     try:
@@ -221,6 +225,20 @@ def _replace_dir(new: Path, final: Path) -> None:
     final.rename(old)
     new.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _disk_hint(e: BaseException, out_dir: Path) -> str:
+    """" (disk full or file size limit? N GiB free there)" when `e` looks like a failed write, else "": torch's zip
+    writer says only "unexpected pos 704 vs 598", DCP wraps each rank's error in its own text."""
+    text = str(e)
+    if not (getattr(e, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+            or any(s in text for s in ("unexpected pos", "File too large", "No space left", "Disk quota"))):
+        return ""
+    try:
+        free = f"; {shutil.disk_usage(out_dir).free / 2**30:.1f} GiB free there"
+    except OSError:
+        free = ""
+    return f" (disk full or file size limit?{free})"
 
 
 def load(fabric, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
@@ -308,7 +326,7 @@ def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
             (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
         for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
             if (tokenizer_dir / name).is_file():
-                shutil.copy2(tokenizer_dir / name, tmp / name)
+                shutil.copyfile(tokenizer_dir / name, tmp / name)  # takes the umask, not the source's mode
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Union
+from typing import Dict, Iterator, List, Optional, Union
 
 PathLike = Union[str, Path]
 
@@ -33,37 +33,82 @@ def check_writable_target(path: PathLike, force: bool, flag: str = "--force",
             replacing it, or the input it holds.
     """
     path = Path(path)
-    for name, source in (inputs or {}).items():
-        source = Path(source)
-        if source.resolve() == path.resolve() or path.resolve() in source.resolve().parents:
-            raise ValueError(f"{what or path} holds {name} {source}, which replacing it would delete; choose another "
-                             "directory")
+    check_keeps_inputs(path, inputs or {}, what)
     if path.is_dir() and any(path.iterdir()) and not force:
         raise ValueError(f"{path} exists and is not empty; pass {flag} to replace it")
     if path.exists() and not path.is_dir() and not force:
         raise ValueError(f"{path} exists; pass {flag} to replace it")
 
 
-def _make_parent(path: Path) -> None:
+def check_keeps_inputs(path: PathLike, inputs: Dict[str, PathLike], what: str = "") -> None:
+    """Refuses an output that would destroy one of the command's `inputs` ({name: path}), even with --force: the
+    output is the input, holds it (a directory above it), or is an existing file inside an input directory.
+
+    Raises:
+        ValueError: one line naming the output (as `what` when given) and the input.
+    """
+    out = Path(path).resolve()
+    for name, source in inputs.items():
+        src = Path(source).resolve()
+        inside = src.is_dir() and src in out.parents and out.is_file()
+        if src == out or out in src.parents or inside:
+            raise ValueError(f"{what or path} {'is inside' if inside else 'holds'} {name} {source}, which replacing it "
+                             f"would {'overwrite' if inside else 'delete'}; choose another path")
+
+
+def _make_parent(path: Path) -> List[Path]:
+    """Creates the missing directories above `path`; returns them, deepest first, for `_cleanup`."""
+    missing = [p for p in path.parents if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise NotADirectoryError(20, "a path component is a file, not a directory", str(path.parent)) from None
+    return missing
+
+
+@contextmanager
+def _cleanup(path: Path, created: List[Path], tmp: Path) -> Iterator[None]:
+    """Removes `tmp` when the block ends; on an error also the directories `_make_parent` created (while empty),
+    and an OSError that names no file (a failed write to an open file: a full disk) is made to name `path`."""
+    try:
+        yield
+    except OSError as e:
+        _remove(tmp, created)
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, f"write failed ({e.strerror or e})", str(path)) from None
+        raise
+    except BaseException:
+        _remove(tmp, created)
+        raise
+    finally:
+        _remove(tmp, [])
+
+
+def _remove(tmp: Path, directories: List[Path]) -> None:
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 @contextmanager
 def atomic_dir(out: PathLike) -> Iterator[Path]:
     """Yields an empty temporary directory beside `out`; when the block ends without error it replaces `out`
-    (whatever was there) in one rename, with mode 0777 & ~umask. On error the temporary directory is removed
-    and `out` is left as it was.
+    (whatever was there) in one rename, with mode 0777 & ~umask. On error the temporary directory and any parent
+    directories made for it are removed, and `out` is left as it was.
 
     Raises:
-        OSError: the parent of `out` cannot be created or written (the error names the path).
+        OSError: the parent of `out` cannot be created or written, or a write failed; the error names a path.
     """
     out = Path(out)
-    _make_parent(out)
+    created = _make_parent(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with _cleanup(out, created, tmp):
         yield tmp
         os.chmod(tmp, 0o777 & ~umask())
         if out.is_dir() and not out.is_symlink():
@@ -75,29 +120,26 @@ def atomic_dir(out: PathLike) -> Iterator[Path]:
             if out.exists() or out.is_symlink():
                 out.unlink()
             tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
 def atomic_file(path: PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path` to write; when the block ends without error it is renamed onto
-    `path` with mode 0666 & ~umask. On error the temporary file is removed and `path` is left as it was.
+    `path` with mode 0666 & ~umask. On error the temporary file and any parent directories made for it are
+    removed, and `path` is left as it was.
 
     Raises:
-        OSError: the parent of `path` cannot be created or written (the error names the path).
+        OSError: the parent of `path` cannot be created or written, or a write failed; the error names a path.
     """
     path = Path(path)
-    _make_parent(path)
+    created = _make_parent(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
-    try:
+    with _cleanup(path, created, tmp):
         yield tmp
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_text(path: PathLike, text: str) -> None:

@@ -81,6 +81,7 @@ def data_tokenizer(args: TrainArgs, config: Config) -> DataTokenizer:
 def validate(args: TrainArgs) -> Config:
     """Everything that can be checked before processes start and memory is spent."""
     args.check()
+    check_out_dir(args)
     config = model_config(args)
     for d in {args.train_data_dir, args.val_data_dir or args.train_data_dir}:
         if not Path(d).is_dir():
@@ -182,7 +183,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     agreement = Agreement()
     rank, world = fabric.global_rank, fabric.world_size
     watchdog = Watchdog(rank, world, args.collective_timeout * 60)
-    log = partial(print, flush=True) if rank == 0 else (lambda *a, **k: None)  # once per job, not per node
+    log = progress_printer(rank)  # once per job, not per node
     tokenizer = data_tokenizer(args, config)
     if tokenizer.warning and rank == 0:
         print(f"warning: {tokenizer.warning}", file=sys.stderr, flush=True)
@@ -311,6 +312,21 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     log(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}")
 
 
+def progress_printer(rank: int):
+    """`print` on rank 0, nothing elsewhere. A stdout closed by its reader (`... | head`) stops the printing, not
+    the run: a days-long job must not die of its log."""
+    if rank != 0:
+        return lambda *args, **kwargs: None
+
+    def log(*args, **kwargs) -> None:
+        try:
+            print(*args, flush=True, **kwargs)
+        except BrokenPipeError:
+            sys.stdout = open(os.devnull, "w")  # also keeps Python's flush at exit quiet
+
+    return log
+
+
 def set_masks(model: torch.nn.Module, value: float) -> None:
     """Every growth mask of the (possibly sharded, compiled or checkpoint-wrapped) model, in place."""
     for name, buffer in model.named_buffers():
@@ -333,6 +349,30 @@ def requeue(fabric, signum: int) -> bool:
         except FileNotFoundError:
             print("warning: scontrol is not on PATH, the job was not requeued", file=sys.stderr, flush=True)
     return bool(fabric.broadcast(done, src=0)) if fabric.world_size > 1 else done
+
+
+def check_out_dir(args: TrainArgs) -> None:
+    """Refuses to train over another run or over this run's own input: an out_dir holding step-* checkpoints or
+    final/ needs --resume (continue it) or --force (overwrite it step by step); --initial_checkpoint inside
+    out_dir/final or a step-* directory would be replaced by the run's own export, so it is refused always.
+
+    Raises:
+        UsageError: one line naming --out_dir and what it holds.
+    """
+    out_dir = Path(args.out_dir)
+    if args.initial_checkpoint:
+        initial = Path(args.initial_checkpoint).resolve()
+        for owned in [out_dir / "final", *out_dir.glob("step-*")]:
+            if initial == owned.resolve() or owned.resolve() in initial.parents:
+                raise UsageError(f"--initial_checkpoint {args.initial_checkpoint} lies in {owned}, which this run "
+                                 "writes; move it out of --out_dir or train into another --out_dir")
+    if args.resume or args.force or not out_dir.is_dir():
+        return
+    held = sorted(p.name for p in out_dir.iterdir() if p.name == "final" or ckpt.STEP_DIR.match(p.name))
+    if held:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise UsageError(f"--out_dir {out_dir} holds another run ({shown}); continue it with --resume auto, train "
+                         "into another --out_dir, or pass --force to overwrite it")
 
 
 def make_out_dir(out_dir: Path) -> None:
@@ -384,7 +424,7 @@ def run(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         if rank == 0:
-            report("error: interrupted twice: stopped without saving")
+            report("error: interrupted before a checkpoint could be saved: stopped without saving")
         return 130
     except torch.distributed.DistError as e:
         report(f"error: a collective failed, another rank has probably died (see its output): {type(e).__name__}: "

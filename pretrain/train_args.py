@@ -1,5 +1,6 @@
 """Every hyperparameter of `pretrain/tinyllama.py`, settable by flag or by a YAML recipe (`--config`)."""
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -37,7 +38,8 @@ class TrainArgs:
     strategy: str = field(default="auto", metadata=_h("auto: fsdp when more than one process",
                                                       choices=["auto", "single", "ddp", "fsdp"]))
     precision: Optional[str] = field(default=None, metadata=_h(
-        "32-true, bf16-mixed or bf16-true (default: bf16-mixed on a bf16 GPU, else 32-true)"))
+        "32-true, bf16-mixed or bf16-true (default: bf16-mixed on a bf16 GPU, else 32-true)",
+        choices=["32-true", "bf16-mixed", "bf16-true"]))
     global_batch_size: int = field(default=64, metadata=_h("sequences per optimizer step, over all processes"))
     micro_batch_size: int = field(default=8, metadata=_h("sequences per forward pass per process"))
     block_size: Optional[int] = field(default=None, metadata=_h("training sequence length (default: the model's)"))
@@ -60,6 +62,9 @@ class TrainArgs:
         "keep only the newest N step-* checkpoints (default: keep all; a 7B checkpoint is ~95 GB)"))
     log_interval: int = field(default=1, metadata=_h("steps between progress lines and metrics rows"))
     resume: Optional[str] = field(default=None, metadata=_h("'auto' (newest step-* in out_dir) or a checkpoint"))
+    force: bool = field(default=False, metadata=_h(
+        "train into an out_dir that holds another run's checkpoints or final/ without resuming it (they are "
+        "overwritten step by step); without it such an out_dir is refused"))
     initial_checkpoint: Optional[str] = field(default=None, metadata=_h(
         "start from these weights (lit_model.pth or a directory holding it) with a fresh optimizer"))
     skip_tokens: Optional[int] = field(default=None, metadata=_h(
@@ -109,5 +114,12 @@ class TrainArgs:
         for name in ("max_steps", "max_tokens", "skip_tokens"):
             if (getattr(self, name) or 0) < 0:
                 raise UsageError(f"--{name} cannot be negative, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value == 0):
+                least = "above" if name == "learning_rate" else "of at least"
+                raise UsageError(f"--{name} must be a finite number {least} 0, got {value}")
+        if self.block_size is not None and self.block_size < 1:
+            raise UsageError(f"--block_size must be at least 1, got {self.block_size}")
         if self.keep_last is not None and self.keep_last < 1:
             raise UsageError("--keep_last must be at least 1 (the checkpoint a resume needs)")

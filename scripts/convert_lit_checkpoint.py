@@ -55,7 +55,7 @@ def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str
         for name in TOKENIZER_FILES:
             if (source_dir / name).is_file():
                 with write_errors_name(out_dir / name):
-                    shutil.copy2(source_dir / name, tmp / name)
+                    shutil.copyfile(source_dir / name, tmp / name)  # the umask, not the source's mode
     print(f"wrote {out_dir} ({config.name}, {dtype})", file=sys.stderr)
     return config
 

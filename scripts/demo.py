@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from eval import speedup as sp  # noqa: E402
 from lit_gpt.config import Config, param_count  # noqa: E402
+from lit_gpt.files import check_keeps_inputs  # noqa: E402
 from lit_gpt.speed_monitor import flops_per_token  # noqa: E402
 
 BASE, TARGET = "4L128H", "8L128H"
@@ -105,6 +106,8 @@ def prepare_out(out: Path, force: bool) -> None:
     Raises:
         ValueError: `out` holds files the demo did not write and `force` is off, or `out` is a file.
     """
+    check_keeps_inputs(out, {"the sample data": ROOT / "data" / "sample", "the repository": ROOT / ".git"},
+                       f"--out_dir {out}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out_dir {out} is a file; give a directory")
     if out.is_dir():

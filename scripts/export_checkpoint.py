@@ -52,7 +52,8 @@ def export(checkpoint_dir: Path, out_dir: Optional[Path] = None, tokenizer_dir: 
     or OSError (a failed write; nothing is left behind)."""
     path = checkpoint_in(checkpoint_dir)
     out = out_dir or path / "export"
-    check_writable_target(out, force, inputs={"the checkpoint": path}, what=f"--out_dir {out}")  # before the reading, which may take minutes
+    # before the reading, which may take minutes
+    check_writable_target(out, force, inputs={"the checkpoint": path}, what=f"--out_dir {out}")
     if tokenizer_dir is not None and not tokenizer_dir.is_dir():
         raise ValueError(f"--tokenizer_dir {tokenizer_dir}: not a directory")
     meta = check_intact(path)

@@ -317,8 +317,9 @@ def prepare(source_path: Path, tokenizer_path: Path, destination_path: Path, spl
 def _tokenize(shares: List[List[Path]], args: tuple, split: str, progress: bool) -> Counter:
     """Every share tokenised (in this process when there is one, else one process each), with a progress bar."""
     # leave=False: the bar is gone when the run ends, so a failure is the one line left on the terminal
-    with tqdm(total=sum(map(len, shares)), desc=f"tokenising {split}", unit="file", disable=not progress,
-              leave=False) as bar:
+    # disable=None: no bar when stderr is a log file, where it would run into the error line
+    with tqdm(total=sum(map(len, shares)), desc=f"tokenising {split}", unit="file",
+              disable=True if not progress else None, leave=False) as bar:
         documents = 0
 
         def report(file_documents: int) -> None:

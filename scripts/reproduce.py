@@ -240,7 +240,8 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
             if run.grow.noise:
                 args += ["--noise", str(run.grow.noise)]
             if learn:
-                args += ["--train_data_dir", run.family.train_data, "--steps", str(run.grow.learn_steps), "--device", "cuda"]
+                args += ["--train_data_dir", run.family.train_data, "--steps", str(run.grow.learn_steps),
+                         "--device", "cuda"]
             args += ["--out_dir", grown_dir(run, root), "--force"]
             grow_needs = [f"train:{base.key}"] if f"train:{base.key}" in {s.id for s in stages} else []
             stages.append(Stage(f"grow:{key}", "learn" if learn else "grow", args,

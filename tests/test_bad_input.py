@@ -205,6 +205,69 @@ CASES += [
 ]
 
 
+
+def _copy(tmp: Path, source: Path, name: str) -> Path:
+    shutil.copytree(source, tmp / name)
+    return tmp / name
+
+
+def _run_without_meta(tmp: Path, w: Dict[str, Path]) -> None:
+    shutil.copytree(w["run"], tmp / "run")
+    for meta in (tmp / "run").glob("step-*/meta.json"):
+        meta.unlink()
+
+
+CASES += [  # found by a helper trying the commands as a new user
+    Case("pretrain-over-another-run", lambda t, w: _pretrain(w, t / "run", "--model_name", str(w["config"])),
+         lambda t, w: "--resume auto", setup=lambda t, w: _copy(t, w["run"], "run")),
+    Case("pretrain-out-dir-holds-initial-checkpoint", lambda t, w: _pretrain(
+        w, t / "run", "--initial_checkpoint", str(t / "run" / "final"), "--force"),
+        lambda t, w: "--initial_checkpoint", setup=lambda t, w: _copy(t, w["run"], "run")),
+    Case("pretrain-resume-auto-every-meta-lost", lambda t, w: _pretrain(w, t / "run", "--model_name",
+                                                                        str(w["config"]), "--resume", "auto"),
+         lambda t, w: str(t / "run"), setup=_run_without_meta),
+    Case("pretrain-negative-learning-rate", lambda t, w: _pretrain(w, t / "run", "--model_name", str(w["config"]),
+                                                                   "--learning_rate", "-1"),
+         lambda t, w: "--learning_rate"),
+    Case("eval-out-is-an-input-file", lambda t, w: ["eval/run.py", "--checkpoint_dir", str(t / "final"), "--tasks",
+                                                    "sample_mc", "--out", str(t / "final" / "lit_config.json"),
+                                                    "--force"],
+         lambda t, w: str(t / "final"), setup=lambda t, w: _copy(t, w["final"], "final")),
+    Case("table-out-is-its-input", lambda t, w: ["eval/table.py", str(t / "r.json"), "--out", str(t / "r.json"),
+                                                 "--force"],
+         lambda t, w: str(t / "r.json"), setup=lambda t, w: (t / "r.json").write_text('{"results": {}}')),
+    Case("speedup-negative-base-flops", lambda t, w: ["eval/speedup.py", "--scratch", str(w["run"]), "--grown",
+                                                      str(w["run"]), "--add_base_flops=-1e9"],
+         lambda t, w: "--add_base_flops"),
+    Case("learn-unknown-device", lambda t, w: ["-m", "growth", "learn", "--src", str(w["final"]), "--target",
+                                               str(t / "model.json"), "--op", "learn-depth", "--train_data_dir",
+                                               str(w["data"]), "--out_dir", str(t / "g"), "--device", "tpu"],
+         lambda t, w: "--device", setup=lambda t, w: _config(t, n_layer=4)),
+    Case("growth-unknown-command", lambda t, w: ["-m", "growth", "grwo"], lambda t, w: "grwo", code=(2,)),
+    Case("layers-shrinking-target", lambda t, w: ["-m", "growth", "layers", "cyclic", "--base", "6", "--target", "3"],
+         lambda t, w: "--target"),
+]
+
+
+def test_demo_never_deletes_its_input_or_the_repository(tmp_path, monkeypatch):
+    """`scripts/demo.py --out_dir data --force` once deleted the sample data it reads; a repository root would
+    have lost .git. Checked on a stand-in repository, so a regression cannot delete the real one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    for kept in ("data/sample/packed/x.bin", ".git/HEAD"):
+        (tmp_path / kept).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / kept).write_text("keep")
+    before = snapshot(tmp_path)
+    for out in (tmp_path / "data", tmp_path / "data" / "sample", tmp_path):
+        with pytest.raises(ValueError, match="which replacing it would delete"):
+            demo.prepare_out(out, force=True)
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, world, tmp_path):
     case.setup(tmp_path, world)

@@ -148,9 +148,14 @@ def test_corruption_inside_a_shard_is_one_line_at_load(setup, tmp_path):
 def test_resume_auto_passes_over_damaged_checkpoints(setup, tmp_path):
     fabric, config, model, optimizer = setup
     paths = [ckpt.save(fabric, tmp_path, step, model, optimizer, {"step": step}, config) for step in (2, 4, 6)]
-    (tmp_path / "step-00000008").mkdir()  # incomplete: not a candidate, not reported
+    # saves are renamed into place whole: a step-* without meta.json lost it later, and is passed over as damaged
+    (tmp_path / "step-00000008").mkdir()
     warnings = []
-    assert ckpt.find_resumable(tmp_path, warnings.append) == paths[2] and warnings == []
+    assert ckpt.find_resumable(tmp_path, warnings.append) == paths[2]
+    assert warnings == [f"warning: --resume auto passes over {tmp_path / 'step-00000008'}: meta.json cannot be read "
+                        "(No such file or directory)"]
+    (tmp_path / "step-00000008").rmdir()
+    warnings = []
     size = (paths[2] / "__0_0.distcp").stat().st_size
     _truncate_shard(paths[2])
     (paths[1] / "rng-rank0.pt").unlink()

@@ -160,7 +160,7 @@ def test_export_replaces_only_with_force_and_follows_the_umask(straight, tmp_pat
     assert export(["--checkpoint_dir", str(step), "--out_dir", str(straight), "--force"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"error: --out_dir {straight} holds the checkpoint {step}, which replacing it would delete; choose another "
-        "directory"]
+        "path"]
     assert ckpt.damage(step) is None
 
 

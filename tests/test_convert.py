@@ -315,7 +315,7 @@ def test_lit_output_is_replaced_only_with_force(tmp_path):
 def test_out_dir_holding_the_checkpoint_is_refused(tmp_path, out):
     ckpt = lit_checkpoint(tmp_path / "run")
     result = run(LIT_SCRIPT, "--checkpoint_path", ckpt, "--out_dir", tmp_path / out, "--force")
-    assert_refused(result, "holds the checkpoint", "choose another directory")
+    assert_refused(result, "holds the checkpoint", "choose another path")
     assert files_in(tmp_path) == ["run"] and files_in(tmp_path / "run") == ["lit_config.json", "lit_model.pth"]
 
 

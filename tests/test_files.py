@@ -80,3 +80,18 @@ def test_save_torch_reports_a_full_disk_with_the_path(tmp_path):
     assert line.startswith(f"{target}: write failed (disk full or file size limit?") and "\n" not in line
     save_torch({"w": torch.ones(3)}, target)
     assert torch.load(target)["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_full_disk_names_the_file_and_removes_the_directories_made_for_it(tmp_path):
+    """A write that fails on an open file names no file (plain "File too large"); ours names the output, and the
+    directories created above it go too."""
+    code = ("import resource, sys; from lit_gpt.files import write_text\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+            "try:\n    write_text(sys.argv[1], 'x' * 100000)\n"
+            "except OSError as e:\n    print(os_error_line(e))\n").replace(
+        "from lit_gpt.files import write_text", "from lit_gpt.files import os_error_line, write_text")
+    target = tmp_path / "a" / "b" / "table.md"
+    out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{target}: write failed (File too large)"
+    assert list(tmp_path.iterdir()) == []
