@@ -45,7 +45,7 @@ for path in (str(ROOT), str(EVAL_DIR)):
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.data_record import check_checkpoint_tokenizer  # noqa: E402
-from lit_gpt.files import atomic_file, check_writable_target  # noqa: E402
+from lit_gpt.files import check_writable_target, write_text  # noqa: E402
 from lit_gpt.utils import exit_code  # noqa: E402
 
 PAPER_TASKS = ["lambada_openai", "arc_challenge", "arc_easy", "logiqa", "piqa", "sciq", "winogrande", "wikitext"]
@@ -197,17 +197,12 @@ def check_output(path: Path, force: bool, checkpoint: Optional[Path] = None) -> 
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Writes `data` to `path` atomically (lit_gpt.files.atomic_file).
+    """Writes `data` to `path` atomically (lit_gpt.files.write_text).
 
     Raises:
         OSError: the write failed (a full disk): names `path`; nothing is left behind.
     """
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    try:
-        with atomic_file(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise OSError(e.errno, f"writing failed: {e.strerror or e}", str(path)) from None
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 class _DropNoise(logging.Filter):

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--src", type=Path, required=True, help="base checkpoint: a directory with lit_model.pth and "
                    "lit_config.json, such a file, an upstream iter-*-ckpt.pth, or a training checkpoint step-*/")
     p.add_argument("--target", required=True, help="target config: a name (e.g. 24L2048H) or a lit_config.json")
-    p.add_argument("--op", required=True, choices=OPERATORS, metavar="OP", help=f"operator: {', '.join(OPERATORS)}")
+    p.add_argument("--op", required=True, help=f"operator: {', '.join(OPERATORS)}")
     p.add_argument("--layers", default="cyclic", help="layer map for depth growth: cyclic (default), interleave, "
                    "solar:K, the paper's notation (12-3456*5-56) or ranges ((1-12)*2); see python -m growth layers")
     p.add_argument("--split", choices=["even", "lemon"], default="even",

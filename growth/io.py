@@ -48,7 +48,7 @@ def load_source(src: Path, config_name: Optional[str] = None) -> Source:
         check_masks_settled(src)
         training = {k: meta[k] for k in ("step", "tokens", "flops") if k in meta}
         training["stream_tokens"] = meta.get("skipped_tokens", 0) + meta.get("tokens", 0)
-        return Source(src, config, state, _sha256_dir(src), training, src)
+        return Source(src, config, state, _sha256_dir(src), training, _run_tokenizer(src, meta.get("hparams") or {}))
     if src.is_dir():
         weights = next((src / f for f in WEIGHT_FILES if (src / f).is_file()), None)
         if weights is None:
@@ -68,6 +68,17 @@ def load_source(src: Path, config_name: Optional[str] = None) -> Source:
     training_file = directory / "training.json"
     training = json.loads(training_file.read_text()) if training_file.is_file() else {}
     return Source(weights, config, state, sha256_file(weights), training, directory)
+
+
+def _run_tokenizer(step_dir: Path, hparams: Dict[str, Any]) -> Optional[Path]:
+    """Where the run that saved the training checkpoint `step_dir` found its tokenizer (a step-* directory holds
+    none): its --tokenizer_dir, the copy beside its data, <train_data_dir>/../tokenizer, or its final/ export.
+    None when none of them holds one."""
+    data = Path(hparams["train_data_dir"]) if hparams.get("train_data_dir") else None
+    places = [Path(hparams["tokenizer_dir"]) if hparams.get("tokenizer_dir") else None,
+              data / "tokenizer" if data else None, data.parent / "tokenizer" if data else None,
+              step_dir.parent / "final"]
+    return next((p for p in places if p is not None and any((p / n).is_file() for n in TOKENIZER_FILES)), None)
 
 
 def _sha256_dir(path: Path) -> str:

@@ -42,9 +42,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from lit_gpt.cli import ArgumentParser
 from growth.grow import OPERATORS
-from lit_gpt.cli import convert_values
+from growth.operators import check_no_shrink
+from lit_gpt.cli import ArgumentParser, convert_values
 from lit_gpt.config import Config
 from lit_gpt.files import write_text
 from pretrain.train_args import TrainArgs
@@ -132,7 +132,17 @@ def plan(recipe: Dict[str, Any], launcher: Sequence[str] = (), source: str = "re
         args = {"resume": "auto", **shared, **convert_values(TrainArgs, stage, where), "out_dir": str(out_dir / name)}
         if args.get("model_name") is None:
             raise ValueError(f"{where}: no model_name")
-        record = {"model": dataclasses.asdict(Config.load(_rooted(args["model_name"]))),
+        try:  # the flag checks of pretrain/tinyllama.py (negative steps, batch split, ...), before any stage runs
+            TrainArgs(**args).check()
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        config = Config.load(_rooted(args["model_name"]))
+        try:  # growth never shrinks: found now, not after the stages before it have trained
+            if isinstance(grow, dict) and not grow.get("src") and previous is not None:
+                check_no_shrink(Config(**previous.record["model"]), config)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        record = {"model": dataclasses.asdict(config),
                   "train": {k: v for k, v in args.items() if k not in RUN_ONLY_KEYS | {"out_dir", "model_name"}},
                   "grow": None, "source": None}
         outputs = [out_dir / name]

@@ -235,7 +235,7 @@ def _disk_hint(e: BaseException, out_dir: Path) -> str:
             or any(s in text for s in ("unexpected pos", "File too large", "No space left", "Disk quota"))):
         return ""
     try:
-        free = f"; {shutil.disk_usage(out_dir).free / 2**30:.1f} GiB free there"
+        free = f" {shutil.disk_usage(out_dir).free / 2**30:.1f} GiB free there"
     except OSError:
         free = ""
     return f" (disk full or file size limit?{free})"

@@ -172,7 +172,7 @@ def save_torch(obj, path: PathLike) -> None:
         torch.save(obj, path)
     except RuntimeError as e:
         free = shutil.disk_usage(Path(path).parent).free if Path(path).parent.exists() else None
-        hint = f"; {free / 2**30:.1f} GiB free there" if free is not None else ""
+        hint = f" {free / 2**30:.1f} GiB free there" if free is not None else ""
         raise OSError(f"{path}: write failed (disk full or file size limit?{hint}): "
                       f"{str(e).strip().splitlines()[-1][:160]}") from None
 

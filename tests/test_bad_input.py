@@ -246,7 +246,18 @@ CASES += [  # found by a helper trying the commands as a new user
     Case("growth-unknown-command", lambda t, w: ["-m", "growth", "grwo"], lambda t, w: "grwo", code=(2,)),
     Case("layers-shrinking-target", lambda t, w: ["-m", "growth", "layers", "cyclic", "--base", "6", "--target", "3"],
          lambda t, w: "--target"),
+    Case("stages-negative-steps-in-dry-run", lambda t, w: ["-m", "growth", "stages", str(t / "r.yaml"), "--dry_run"],
+         lambda t, w: "--max_steps", setup=lambda t, w: _stages(t, "4L128H", -2, "8L128H")),
+    Case("stages-shrinking-in-dry-run", lambda t, w: ["-m", "growth", "stages", str(t / "r.yaml"), "--dry_run"],
+         lambda t, w: "stage 'b'", setup=lambda t, w: _stages(t, "4L128H", 2, "2L128H")),
 ]
+
+
+def _stages(tmp: Path, first: str, steps: int, second: str) -> None:
+    (tmp / "r.yaml").write_text(
+        f"out_dir: {tmp / 'o'}\ntrain: {{global_batch_size: 2, micro_batch_size: 2}}\nstages:\n"
+        f"  - {{name: a, model_name: {first}, max_steps: {steps}}}\n"
+        f"  - {{name: b, model_name: {second}, max_steps: 2, grow: {{op: stack}}}}\n")
 
 
 def test_demo_never_deletes_its_input_or_the_repository(tmp_path, monkeypatch):
@@ -281,3 +292,13 @@ def test_bad_input(case: Case, world, tmp_path):
     assert len(errors) == 1, result.stderr[-2000:]
     assert case.needle(tmp_path, world) in errors[0], errors[0]
     assert snapshot(*[p for p in watched if p.exists()]) == before
+
+
+def test_growing_a_training_checkpoint_keeps_the_runs_tokenizer(world, tmp_path):
+    """A step-* checkpoint holds no tokenizer; the grown model takes the one its run trained with, which eval needs
+    (found by the new-user helper: grown from step-*, eval then failed)."""
+    result = subprocess.run([sys.executable, "-m", "growth", "grow", "--src", str(world["step"]), "--target",
+                             str(_config(tmp_path, n_layer=4)), "--op", "stack", "--out_dir", str(tmp_path / "g")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "g" / "tokenizer.model").read_bytes() == (world["tokenizer"] / "tokenizer.model").read_bytes()

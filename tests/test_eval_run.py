@@ -123,7 +123,7 @@ def test_a_full_disk_leaves_nothing(checkpoint, tmp_path):
                              "--checkpoint", str(checkpoint), "--tasks", "sample_mc", "--out", str(out)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
-    assert result.stderr == f"error: {out}: writing failed: File too large\n"
+    assert result.stderr == f"error: {out}: write failed (File too large)\n"
     assert list(tmp_path.iterdir()) == []
 
 
