@@ -14,8 +14,13 @@ if __package__:
 else:  # run as a script: eval/ is sys.path[0]; speedup puts the repository root on it
     from speedup import LOSS_COLUMNS, UsageError, losses, read_metrics, scratch_equivalent_tokens
 
+from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
 from lit_gpt.cli import ArgumentParser  # noqa: E402
-from lit_gpt.files import atomic_file, check_keeps_inputs, check_writable_target, os_error_line  # noqa: E402
+from lit_gpt.files import atomic_file, check_keeps_inputs, check_writable_target  # noqa: E402
 
 AXES = {"tokens": "tokens (scratch-equivalent)", "flops": "training FLOPs (base model included)"}
 
@@ -36,8 +41,10 @@ def curves(runs, x: str = "tokens", y: str = "val_loss", smooth: int = 1):
 
 def plot(runs, out: Path, x: str = "tokens", y: str = "val_loss", labels=None, logx: bool = False,
          smooth: int = 1, title: str = "") -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("plotting needs matplotlib: pip install -r requirements-eval.txt") from None
     matplotlib.use("Agg")  # files only: no display on cluster nodes
     import matplotlib.pyplot as plt
 
@@ -64,7 +71,7 @@ def plot(runs, out: Path, x: str = "tokens", y: str = "val_loss", labels=None, l
         plt.close(fig)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = ArgumentParser(description="Plot loss curves of runs (one line each) from their metrics.csv to a PNG.")
     p.add_argument("runs", nargs="+", help="run directories (or their metrics.csv files)")
     p.add_argument("--x", default="tokens", choices=sorted(AXES),
@@ -77,7 +84,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="PNG file to write (atomically)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         if args.smooth < 1:
             raise UsageError("--smooth must be at least 1")
         labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
@@ -85,11 +93,10 @@ def main(argv=None) -> None:
             check_keeps_inputs(args.out, {"the run": run}, f"--out {args.out}")
         check_writable_target(args.out, args.force)
         plot(args.runs, Path(args.out), args.x, args.y, labels, args.logx, args.smooth, args.title)
-    except (ValueError, ImportError, OSError) as e:  # UsageError is a ValueError
-        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
-        sys.exit(1)
-    print(f"wrote {args.out}")
+        print(f"wrote {args.out}")
+
+    return exit_code(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

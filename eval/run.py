@@ -43,10 +43,14 @@ for path in (str(ROOT), str(EVAL_DIR)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.data_record import check_checkpoint_tokenizer  # noqa: E402
 from lit_gpt.files import check_writable_target, write_text  # noqa: E402
-from lit_gpt.utils import exit_code  # noqa: E402
 
 PAPER_TASKS = ["lambada_openai", "arc_challenge", "arc_easy", "logiqa", "piqa", "sciq", "winogrande", "wikitext"]
 SAMPLE_TASKS_DIR = EVAL_DIR / "tasks"

@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: lit_gpt is imported from the repository root
     sys.path.insert(0, str(ROOT))
 
+from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 
 REQUIRED = ("step", "tokens", "flops")
@@ -150,7 +155,7 @@ def format_report(res: dict, dirs: Dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = ArgumentParser(description="FLOPs each run needs to first reach a loss, and the paper's speedup "
                            "FLOPs_scratch / FLOPs_grown - 1 (reference stacking-paper.md §5.4).")
     p.add_argument("--scratch", required=True, help="run directory (or its metrics.csv) trained from scratch")
@@ -163,7 +168,8 @@ def main(argv=None) -> None:
                    help="FLOPs to add to the grown run, for runs whose metrics.csv lacks the base model's cost")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         if args.smooth < 1:
             raise UsageError("--smooth must be at least 1")
         scratch, grown = read_metrics(args.scratch), read_metrics(args.grown)
@@ -174,15 +180,14 @@ def main(argv=None) -> None:
         for r in grown:
             r["flops"] += args.add_base_flops
         res = speedup(scratch, grown, args.at_loss, args.column, args.smooth)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if len(grown) > 1 and res["grown"]["base_flops"] <= 1e-6 * grown[-1]["flops"]:
-        print(f"warning: {args.grown}: FLOPs start at 0, so the base model's cost is not counted "
-              "(see --add_base_flops)", file=sys.stderr)
-    print(json.dumps(res, indent=2) if args.json else format_report(res, {"scratch": args.scratch,
-                                                                          "grown": args.grown}))
+        if len(grown) > 1 and res["grown"]["base_flops"] <= 1e-6 * grown[-1]["flops"]:
+            print(f"warning: {args.grown}: FLOPs start at 0, so the base model's cost is not counted "
+                  "(see --add_base_flops)", file=sys.stderr)
+        print(json.dumps(res, indent=2) if args.json else format_report(res, {"scratch": args.scratch,
+                                                                              "grown": args.grown}))
+
+    return exit_code(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

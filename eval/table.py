@@ -12,7 +12,6 @@ Paper columns show the paper's printed values, its Avg included, so its rounding
 import csv
 import io
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: lit_gpt is imported from the repository root
     sys.path.insert(0, str(ROOT))
 
+from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
 from lit_gpt.cli import ArgumentParser  # noqa: E402
-from lit_gpt.files import check_keeps_inputs, check_writable_target, os_error_line, write_text  # noqa: E402
+from lit_gpt.files import check_keeps_inputs, check_writable_target, write_text  # noqa: E402
 
 PAPER_FILE = Path(__file__).resolve().parent / "paper_numbers.json"
 
@@ -46,7 +50,7 @@ EXTRA_METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "perplexit
 PAPER_ROWS = {"train_loss": ("Train loss", "{:.3f}"), "speedup_pct": ("Speedup", "{:.1f}%")}
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     pass
 
 
@@ -70,13 +74,20 @@ def load_paper(name: str) -> dict:
 
 
 def metric(result: dict, tasks, name: str) -> Optional[float]:
-    """lm-eval 0.4 keys metrics as "<metric>,<filter>"; older result files use the bare metric name."""
+    """lm-eval 0.4 keys metrics as "<metric>,<filter>"; older result files use the bare metric name. A value
+    that is not finite (an overflowing perplexity) is shown as nan or inf, not as missing.
+
+    Raises:
+        UsageError: the metric is present but not a number (a damaged or hand-edited result file)."""
     for task in tasks:
         entry = result["results"].get(task) or {}
         for key in (f"{name},none", name):
             value = entry.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                return float(value)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(f"{column_name(result)}: results.{task}.{key} is {value!r}, not a number")
+            return float(value)
     return None
 
 
@@ -159,7 +170,7 @@ def load_result(path: str) -> dict:
     return data
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = ArgumentParser(description="Print the paper's evaluation table (rows: metrics, columns: models) for "
                        "eval/run.py result files, optionally with the paper's reported numbers beside them.")
     p.add_argument("results", nargs="*", help="result JSON files written by eval/run.py, one column each")
@@ -170,7 +181,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", help="write the table to this file (atomically) instead of stdout")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         if not args.results and not args.paper:
             raise UsageError("give result files, --paper, or both")
         if args.paper_columns and not args.paper:
@@ -185,12 +197,11 @@ def main(argv=None) -> None:
                 check_keeps_inputs(args.out, {"the result file": result}, f"--out {args.out}")
             check_writable_target(args.out, args.force)
             write_text(args.out, text)
-    except (UsageError, ValueError, OSError) as e:
-        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
-        sys.exit(1)
-    if not args.out:
-        sys.stdout.write(text)
+        else:
+            sys.stdout.write(text)
+
+    return exit_code(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,8 @@
 
 import sys
 
+from lit_gpt.exits import guard_command
+
 COMMANDS = ("grow", "learn", "layers", "plan", "stages")
 
 
@@ -28,4 +30,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    guard_command()
     sys.exit(main())

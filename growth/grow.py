@@ -79,7 +79,7 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
 
 
 def main(argv=None) -> int:
-    from lit_gpt.utils import exit_code
+    from lit_gpt.exits import exit_code
 
     p = ArgumentParser(prog="python -m growth grow", description=__doc__)
     p.add_argument("--src", type=Path, required=True, help="base checkpoint: a directory with lit_model.pth and "

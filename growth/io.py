@@ -5,16 +5,16 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from tqdm import tqdm
 
 from growth.writers import Transform, write_pth, write_safetensors
-from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, naming_target
+from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate
 from lit_gpt.config import Config
 from lit_gpt.convert import expected_shapes
-from lit_gpt.files import atomic_dir, check_writable_target, save_torch, sha256_file
+from lit_gpt.files import atomic_dir, check_writable_target, save_torch, sha256_file, writing
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict
 
@@ -105,12 +105,13 @@ def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, recor
     """
     check_writable_target(out, force)
     check_state_dict(state, expected_shapes(config), "grown model")
-    with atomic_dir(out) as tmp, naming_target(tmp, out):
+    with atomic_dir(out) as tmp:
         total = sum(t.numel() * t.element_size() for t in state.values())
         # disable=None: no bar when stderr is a log file, where it would run into the error line
         with tqdm(total=total, unit="B", unit_scale=True, desc="writing", leave=False, disable=None) as bar:
             writer, name = (write_safetensors, "lit_model.safetensors") if safetensors else (write_pth, "lit_model.pth")
-            _write_weights(writer, tmp / name, state, transform, bar.update)
+            with writing(tmp / name):  # torch's zip writer reports a full disk as a RuntimeError
+                writer(tmp / name, state, transform, bar.update)
         config.to_json(tmp / "lit_config.json")
         (tmp / "growth.json").write_text(json.dumps(record, indent=2) + "\n")
         for name, obj in (extra or {}).items():
@@ -119,18 +120,3 @@ def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, recor
             if (source.directory / name).is_file():
                 shutil.copyfile(source.directory / name, tmp / name)  # the umask, not the source's mode
 
-
-def _write_weights(writer: Callable[..., None], path: Path, *args: Any) -> None:
-    """`writer(path, *args)` with a failed write as an OSError that names `path`.
-
-    Raises:
-        OSError: the write failed. torch's zip writer (the .pth skeleton) reports a full disk as a RuntimeError
-            ("unexpected pos 67008 vs 66896") and a plain write's OSError names no file.
-    """
-    try:
-        writer(path, *args)
-    except (OSError, RuntimeError) as e:
-        if isinstance(e, OSError) and e.filename is not None:
-            raise
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:160]
-        raise OSError(f"{path}: write failed (disk full or file size limit?): {reason}") from None

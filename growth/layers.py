@@ -357,4 +357,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    from lit_gpt.exits import guard_command
+
+    guard_command()
     sys.exit(main())

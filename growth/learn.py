@@ -391,7 +391,7 @@ def _parser() -> ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from lit_gpt.utils import exit_code
+    from lit_gpt.exits import exit_code
 
     args = _parser().parse_args(argv)
 

@@ -40,11 +40,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import yaml
 
 from growth.grow import OPERATORS
 from growth.operators import check_no_shrink
-from lit_gpt.cli import ArgumentParser, convert_values
+from lit_gpt.cli import ArgumentParser, convert_values, read_recipe
 from lit_gpt.config import Config
 from lit_gpt.files import write_text
 from pretrain.train_args import TrainArgs
@@ -82,15 +81,7 @@ def load_recipe(path: Path, out_dir: Optional[Path] = None) -> Dict[str, Any]:
     Raises:
         ValueError: one line naming `path`: missing, not YAML, unknown top-level keys, no stages or no out_dir.
     """
-    if not path.is_file():
-        raise ValueError(f"recipe not found: {path}")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ValueError(f"{path}: not a valid YAML recipe" + (f" (line {mark.line + 1})" if mark else "")) from None
-    if not isinstance(recipe, dict):
-        raise ValueError(f"{path}: expected a mapping with out_dir, train and stages")
+    recipe = read_recipe(path, str(path), "a mapping with out_dir, train and stages")
     unknown = sorted(set(recipe) - {"out_dir", "train", "stages"})
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {', '.join(unknown)}; use out_dir, train, stages")
@@ -232,7 +223,7 @@ def _text(value: Any) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from lit_gpt.utils import exit_code
+    from lit_gpt.exits import exit_code
 
     p = ArgumentParser(prog="python -m growth stages", description=__doc__)
     p.add_argument("recipe", type=Path, help="YAML recipe (format above)")
@@ -272,10 +263,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"stage {step.stage!r} stopped before its end and its job was requeued; the next run of this "
                       "recipe resumes it", flush=True)
                 return
+            if code > 128:
+                print(f"error: {step.kind} of stage {step.stage!r} was stopped by signal {code - 128} after saving; "
+                      "rerun the recipe to resume it (finished stages are skipped)", file=sys.stderr)
+            elif code != 0:  # the stage printed its own error line: say only where it came from
+                print(f"(from the {step.kind} of stage {step.stage!r}, exit {code}; once it is fixed, rerunning the "
+                      "recipe skips the finished stages)", file=sys.stderr)
             if code != 0:
-                what = "was stopped (it saved a checkpoint)" if code > 128 else "failed"
-                print(f"error: {step.kind} of stage {step.stage!r} {what} (exit {code}); rerun the recipe: finished "
-                      "stages are skipped, an interrupted one resumes", file=sys.stderr)
                 failed.append(code)
                 return
 

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from lit_gpt.config import Config
 from lit_gpt.distributed import RankFailure, agree, first_line, on_rank_zero
-from lit_gpt.files import atomic_dir, os_error_line, save_torch
+from lit_gpt.files import atomic_dir, save_torch
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError
 
@@ -319,7 +319,7 @@ def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
     Raises:
         OSError: a write failed (a full disk, a path below a regular file); the message names the path.
     """
-    with atomic_dir(out_dir) as tmp, naming_target(tmp, out_dir):
+    with atomic_dir(out_dir) as tmp:
         save_torch(state, tmp / "lit_model.pth")
         config.to_json(tmp / "lit_config.json")
         if training is not None:
@@ -327,17 +327,6 @@ def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
         for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
             if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, tmp / name)  # takes the umask, not the source's mode
-
-
-@contextmanager
-def naming_target(tmp: Path, out: Path):
-    """An OSError raised while filling `atomic_dir`'s temporary directory `tmp` names `out` instead: `tmp` is
-    gone by the time the user reads the error line, `out` is where the files were to go."""
-    try:
-        yield
-    except OSError as e:
-        line = os_error_line(e).replace(str(tmp), str(out))
-        raise (OSError(e.errno, line) if e.errno is not None else OSError(line)) from None
 
 
 def check_masks_settled(path: Path) -> None:

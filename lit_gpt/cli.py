@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type,
 
 import yaml
 
+from lit_gpt.files import missing
+
 T = TypeVar("T")
 
 _SUFFIXES = {"": 0, "K": 3, "M": 6, "B": 9, "T": 12}
@@ -160,28 +162,44 @@ def parse(cls: Type[T], argv: Optional[List[str]] = None, description: str = "")
     return cls(**namespace)
 
 
-def read_recipe(path: Path) -> Dict[str, Any]:
-    """A YAML recipe's mapping (empty file: {}).
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_recipe(path: Path, label: Optional[str] = None,
+                expected: str = "a mapping of flag names to values") -> Dict[str, Any]:
+    """A YAML recipe's mapping (empty file: {}); `label` (default "--config PATH") starts every error line.
 
     Raises:
-        ValueError: one line naming `path`: missing, unreadable, not YAML (with the line) or not a mapping.
+        ValueError: one line naming `path`: missing, unreadable, not YAML (with the line), a key given twice in
+            one mapping, or not a mapping.
     """
-    if not path.is_file():
-        raise ValueError(f"--config {path}: file not found")
+    label = label or f"--config {path}"
+    if why := missing(path):
+        raise ValueError(f"{label}: {why}; expected a YAML recipe")
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        recipe = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys)
     except UnicodeDecodeError:
-        raise ValueError(f"--config {path}: not a text file; expected a YAML recipe") from None
+        raise ValueError(f"{label}: not a text file; expected a YAML recipe") from None
     except OSError as e:
-        raise ValueError(f"--config {path}: cannot be read: {e.strerror}") from None
+        raise ValueError(f"{label}: cannot be read: {e.strerror}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"--config {path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        raise ValueError(f"{label}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if recipe is None:
         return {}
     if not isinstance(recipe, dict):
-        raise ValueError(f"--config {path}: expected a mapping of flag names to values, found {type(recipe).__name__}")
+        raise ValueError(f"{label}: expected {expected}, found {type(recipe).__name__}")
     return recipe
 
 

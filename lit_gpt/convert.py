@@ -4,14 +4,13 @@ import json
 import math
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
 from lit_gpt.config import Config
-from lit_gpt.files import umask
+from lit_gpt.files import umask, writing
 from lit_gpt.model import GPT, fuse_qkv, split_qkv
 from lit_gpt.tokenizer import TOKENIZER_FILES, Tokenizer, has_tokenizer  # noqa: F401 - TOKENIZER_FILES re-exported
 from lit_gpt.utils import CheckpointError, check_state_dict
@@ -284,42 +283,13 @@ def check_tokenizer_vocab(directory: Path, config: Config) -> None:
                               f"the model has {config.padded_vocab_size} embedding rows")
 
 
-@contextmanager
-def write_errors_name(path: Path) -> Iterator[None]:
-    """Reports a failed write inside the block as an OSError naming `path`, the file the user asked for (the block
-    writes a temporary one). A full disk or a file-size limit reaches Python as an OSError naming no file or the
-    temporary one, a RuntimeError from torch.save's zip writer, or safetensors' SafetensorError.
-
-    Raises:
-        OSError: the write failed; `filename` is `path`, the message gives the cause.
-    """
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (OSError, RuntimeError, SafetensorError) as e:
-        raise OSError(getattr(e, "errno", None), f"write failed: {_write_cause(e)}", str(path)) from None
-
-
-def _write_cause(e: Exception) -> str:
-    """Why a write failed: the operating system's words where the error carries an errno (safetensors spells it
-    "os error 27"), else the writer's last line without torch's C++ source location."""
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    code = re.search(r"os error (\d+)", str(e))
-    if code:
-        return os.strerror(int(code.group(1)))
-    lines = str(e).strip().splitlines() or [type(e).__name__]
-    detail = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", lines[-1])[:160]
-    return f"disk full or file size limit? ({detail})"
-
-
 def save_safetensors(state: Dict[str, torch.Tensor], path: Path) -> None:
     """safetensors' save_file with the mode the umask asks for: safetensors 0.8 writes a 0600 temporary file
     and renames it, which group members of a shared cluster could not read."""
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    with writing(path):
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
     os.chmod(path, 0o666 & ~umask())
 
 

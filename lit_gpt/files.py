@@ -7,6 +7,7 @@ shared cluster could not read the results. Every output of every command goes th
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -21,6 +22,18 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def missing(path: PathLike, kind: str = "file") -> Optional[str]:
+    """Why `path` is not an existing `kind` ("file" or "directory"), e.g. "is a directory, not a file"; None when it
+    is one. For error lines that tell a wrong path from a wrong kind of path."""
+    path = Path(path)
+    if (path.is_file() if kind == "file" else path.is_dir()):
+        return None
+    if not path.exists():
+        return "not found"
+    other = "directory" if path.is_dir() else "file" if path.is_file() else "special file"
+    return f"is a {other}, not a {kind}"
 
 
 def check_writable_target(path: PathLike, force: bool, flag: str = "--force",
@@ -68,14 +81,18 @@ def _make_parent(path: Path) -> List[Path]:
 
 @contextmanager
 def _cleanup(path: Path, created: List[Path], tmp: Path) -> Iterator[None]:
-    """Removes `tmp` when the block ends; on an error also the directories `_make_parent` created (while empty),
-    and an OSError that names no file (a failed write to an open file: a full disk) is made to name `path`."""
+    """Removes `tmp` when the block ends; on an error also the directories `_make_parent` created (while empty).
+    An OSError names what the user asked for, never `tmp` (gone by the time they read it): a file inside `tmp`
+    as the same file inside `path`, and a failed write that names no file (a full disk) as `path`."""
     try:
         yield
     except OSError as e:
         _remove(tmp, created)
         if e.filename is None and e.errno is not None:
             raise OSError(e.errno, f"write failed ({e.strerror or e})", str(path)) from None
+        named = str(e.filename) if e.filename is not None else ""
+        if named == str(tmp) or named.startswith(str(tmp) + os.sep):
+            raise OSError(e.errno, e.strerror, str(path) + named[len(str(tmp)):]) from None
         raise
     except BaseException:
         _remove(tmp, created)
@@ -157,24 +174,41 @@ def sha256_file(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def save_torch(obj, path: PathLike) -> None:
-    """`torch.save` that turns a failed write into an OSError naming the file.
+@contextmanager
+def writing(path: PathLike) -> Iterator[None]:
+    """Reports a failed write of `path` inside the block as an OSError naming `path` and the cause.
 
-    torch reports a full disk or a file-size limit as a RuntimeError from its zip writer ("unexpected pos 704
-    vs 598"), which names neither the file nor the cause.
+    A full disk or a file-size limit reaches Python as an OSError naming no file, a RuntimeError from torch.save's
+    zip writer ("unexpected pos 704 vs 598"), or safetensors' SafetensorError ("... os error 27"). Use it around
+    one writer call only: any RuntimeError inside is taken for a failed write.
 
     Raises:
-        OSError: the write failed; its message names `path` and says the disk may be full.
+        OSError: the write failed; `filename` is `path`, the message gives the cause and the free space there.
     """
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, f"write failed ({e.strerror or e})", str(path)) from None
+    except Exception as e:
+        if not isinstance(e, RuntimeError) and type(e).__name__ != "SafetensorError":
+            raise
+        code = re.search(r"os error (\d+)", str(e))
+        if code:
+            raise OSError(int(code.group(1)), f"write failed ({os.strerror(int(code.group(1)))})", str(path)) from None
+        parent = Path(path).parent
+        free = f" {shutil.disk_usage(parent).free / 2**30:.1f} GiB free there" if parent.is_dir() else ""
+        detail = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", (str(e).strip().splitlines() or [""])[-1])[:160]
+        raise OSError(None, f"write failed (disk full or file size limit?{free}): {detail}", str(path)) from None
+
+
+def save_torch(obj, path: PathLike) -> None:
+    """`torch.save` whose failed write is an OSError naming the file (see `writing`)."""
     import torch
 
-    try:
+    with writing(path):
         torch.save(obj, path)
-    except RuntimeError as e:
-        free = shutil.disk_usage(Path(path).parent).free if Path(path).parent.exists() else None
-        hint = f" {free / 2**30:.1f} GiB free there" if free is not None else ""
-        raise OSError(f"{path}: write failed (disk full or file size limit?{hint}): "
-                      f"{str(e).strip().splitlines()[-1][:160]}") from None
 
 
 def os_error_line(e: OSError) -> str:

@@ -3,12 +3,13 @@
 import ctypes
 import ctypes.util
 import pickle
-import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import nn
+
+from lit_gpt.files import missing
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -74,40 +75,6 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or does not match what it should hold."""
 
 
-def error_line(e: BaseException) -> Optional[str]:
-    """The one line a command prints for an expected failure, or None for a bug (which keeps its traceback).
-
-    Expected: ValueError (bad input, CheckpointError), OSError (a path that cannot be read or written, a full
-    disk) and torch.distributed.checkpoint's CheckpointException, which derives from BaseException."""
-    from lit_gpt.files import os_error_line
-
-    if isinstance(e, OSError):
-        return os_error_line(e)
-    if isinstance(e, ValueError):
-        return str(e)
-    if type(e).__name__ == "CheckpointException":
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        return "a distributed checkpoint could not be read or written: " + (lines[-1] if lines else type(e).__name__)
-    return None
-
-
-def exit_code(action: Callable[[], Any]) -> int:
-    """Runs a command-line action: an expected failure (`error_line`) becomes one `error:` line on stderr and
-    exit code 1; Ctrl-C one line and 130."""
-    try:
-        action()
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
-        line = error_line(e)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Loads weights without running pickled code: safetensors, or `torch.load(weights_only=True)`.
 
@@ -115,8 +82,8 @@ def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     `iter-NNNNNN-ckpt.pth`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+    if why := missing(path):
+        raise CheckpointError(f"checkpoint file {path}: {why}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

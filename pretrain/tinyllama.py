@@ -26,9 +26,14 @@ from functools import partial
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.exits import error_line, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
+import torch  # noqa: E402
 
 from lit_gpt import Config, FusedCrossEntropyLoss  # noqa: E402
 from lit_gpt import checkpoint as ckpt  # noqa: E402
@@ -42,10 +47,10 @@ from lit_gpt.materialize import open_weights  # noqa: E402
 from lit_gpt.model import set_width_ramps  # noqa: E402
 from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, flops_per_token, format_duration  # noqa: E402,E501
-from lit_gpt.utils import check_state_dict, error_line  # noqa: E402
+from lit_gpt.files import missing  # noqa: E402
+from lit_gpt.utils import check_state_dict  # noqa: E402
 from pretrain.parallel import growth_record, initial_weights_path, make_fabric, model_config, setup_model  # noqa: E402
 from pretrain.train_args import TrainArgs, UsageError  # noqa: E402
-
 
 def get_lr(step: int, args: TrainArgs, max_steps: int) -> float:
     """Linear warm-up to the peak, then cosine to min_lr over `lr_decay_steps` (the horizon, not the stop)."""
@@ -84,8 +89,8 @@ def validate(args: TrainArgs) -> Config:
     check_out_dir(args)
     config = model_config(args)
     for d in {args.train_data_dir, args.val_data_dir or args.train_data_dir}:
-        if not Path(d).is_dir():
-            raise UsageError(f"data directory not found: {d}")
+        if why := missing(d, "directory"):
+            raise UsageError(f"data directory {d}: {why}; give the directory of the packed *.bin files")
     for prefix in args.data_prefixes:
         data_files(Path(args.train_data_dir), prefix, check=True)
     if args.eval_interval:

@@ -9,16 +9,19 @@ existing ones are replaced only with --force.
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import (DTYPES, cast, check_tokenizer_vocab, copy_weights_hf_llama,  # noqa: E402
-                             hf_config_to_lit, load_hf_state_dict, read_json, write_errors_name)
-from lit_gpt.files import atomic_file, check_writable_target  # noqa: E402
-from lit_gpt.utils import CheckpointError, exit_code  # noqa: E402
+                             hf_config_to_lit, load_hf_state_dict, read_json)
+from lit_gpt.files import atomic_file, check_writable_target, save_torch  # noqa: E402
+from lit_gpt.utils import CheckpointError  # noqa: E402
 
 
 def convert_hf_checkpoint(checkpoint_dir: Path, model_name: str = None, dtype: str = None,
@@ -46,10 +49,8 @@ def convert_hf_checkpoint(checkpoint_dir: Path, model_name: str = None, dtype: s
     state = cast(state, DTYPES[dtype] if dtype else None)
     # nested: neither file is renamed into place unless both were written
     with atomic_file(weights_path) as weights_tmp, atomic_file(config_path) as config_tmp:
-        with write_errors_name(weights_path):
-            torch.save(state, weights_tmp)
-        with write_errors_name(config_path):
-            config.to_json(config_tmp)
+        save_torch(state, weights_tmp)
+        config.to_json(config_tmp)
     print(f"wrote {weights_path} and lit_config.json ({config.name})", file=sys.stderr)
     return config
 

@@ -13,14 +13,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import (TOKENIZER_FILES, check_tokenizer_vocab, copy_weights_llama,  # noqa: E402
-                             lit_config_to_hf, save_safetensors, write_errors_name)
-from lit_gpt.files import atomic_dir, check_writable_target  # noqa: E402
+                             lit_config_to_hf, save_safetensors)
+from lit_gpt.files import atomic_dir, check_writable_target, missing  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer, has_tokenizer  # noqa: E402
-from lit_gpt.utils import CheckpointError, exit_code, load_state_dict  # noqa: E402
-
+from lit_gpt.utils import CheckpointError, load_state_dict  # noqa: E402
 
 def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str = None,
                            force: bool = False) -> Config:
@@ -31,8 +35,8 @@ def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str
         ValueError: `out_dir` exists and is not empty and `force` is not set, or it holds the checkpoint.
         OSError: `out_dir` cannot be written (the error names the path); nothing is left behind.
     """
-    if not checkpoint_path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {checkpoint_path}")
+    if why := missing(checkpoint_path):
+        raise CheckpointError(f"checkpoint file {checkpoint_path}: {why}; give the lit_model.pth")
     check_writable_target(out_dir, force, inputs={"the checkpoint": checkpoint_path}, what=f"--out_dir {out_dir}")
     source_dir = checkpoint_path.parent
     if model_name is not None:
@@ -48,14 +52,11 @@ def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str
     hf_config = lit_config_to_hf(config, dtype, bos_id, eos_id)
 
     with atomic_dir(out_dir) as tmp:
-        with write_errors_name(out_dir / "model.safetensors"):
-            save_safetensors(state, tmp / "model.safetensors")
-        with write_errors_name(out_dir / "config.json"):
-            (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        save_safetensors(state, tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         for name in TOKENIZER_FILES:
             if (source_dir / name).is_file():
-                with write_errors_name(out_dir / name):
-                    shutil.copyfile(source_dir / name, tmp / name)  # the umask, not the source's mode
+                shutil.copyfile(source_dir / name, tmp / name)  # the umask, not the source's mode
     print(f"wrote {out_dir} ({config.name}, {dtype})", file=sys.stderr)
     return config
 

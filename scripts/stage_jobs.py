@@ -257,9 +257,7 @@ def _existing(path: Path) -> Path:
 
 
 def _train_args(stage: Stage) -> list:
-    import yaml
-
-    from lit_gpt.cli import from_values, parse
+    from lit_gpt.cli import from_values, parse, read_recipe
     from pretrain.train_args import TrainArgs
 
     if stage.kind == "train":  # the recipe path is relative to the repository root, where the stage runs
@@ -268,7 +266,7 @@ def _train_args(stage: Stage) -> list:
             return [parse(TrainArgs, args)]
         except SystemExit:
             raise ValueError(f"{stage.id}: its flags do not parse: {' '.join(stage.args)}") from None
-    recipe = yaml.safe_load(_rooted(stage.args[0]).read_text()) or {}
+    recipe = read_recipe(_rooted(stage.args[0]), stage.args[0])
     shared = recipe.get("train") or {}
     return [from_values(TrainArgs, {**shared, **{k: v for k, v in s.items() if k not in ("name", "grow")}},
                         f"{stage.args[0]}: stage {s.get('name', i)!r}")

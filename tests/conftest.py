@@ -80,3 +80,16 @@ def run_group(argv, timeout: float, **kwargs) -> subprocess.CompletedProcess:
         except ProcessLookupError:
             pass
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def command_error(capsys, main, argv, code: int = 1) -> str:
+    """Runs a command's main(argv) in-process; asserts it ends with `code` (returned, or by SystemExit as argparse
+    does for bad flags: 2) after printing exactly one `error:` line, and returns that line."""
+    try:
+        got = main(argv)
+    except SystemExit as e:
+        got = e.code
+    err = capsys.readouterr().err
+    assert got == code, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err

@@ -150,6 +150,8 @@ def recipe_args(tmp_path, recipe, *argv):
     ({"learning_rat": 1e-3}, ["unknown key 'learning_rat' (did you mean 'learning_rate'?)"]),
     ("max_steps: [1\n", ["not valid YAML at line 2"]),
     ("- max_steps\n", ["expected a mapping of flag names to values, found list"]),
+    # plain YAML keeps the last of two equal keys: a recipe edited by appending would silently change
+    ("max_steps: 3\nseed: 1\nmax_steps: 4\n", ["not valid YAML at line 3: key 'max_steps' given twice"]),
 ])
 def test_recipe_values_are_checked_as_flags_are(tmp_path, capsys, recipe, words):
     with pytest.raises(SystemExit) as stopped:

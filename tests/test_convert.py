@@ -358,7 +358,7 @@ def test_failed_lit_conversion_write_names_the_file_and_leaves_nothing(tmp_path)
     (out / "old.txt").write_text("old")
     # over an existing output (--force): the old one stays as it was
     result = run_limited(LIT_SCRIPT, "--checkpoint_path", ckpt, "--out_dir", out, "--force")
-    assert_refused(result, f"{out / 'model.safetensors'}: write failed: File too large")
+    assert_refused(result, f"{out / 'model.safetensors'}: write failed (File too large)")
     assert files_in(out) == ["old.txt"] and files_in(tmp_path) == ["hf", "run"]
     # a path below a regular file
     (tmp_path / "file").write_text("x")

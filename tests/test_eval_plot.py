@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, command_error
 from test_eval_speedup import FPT, TOKENS_PER_STEP, write_run
 
 from eval import plot
@@ -36,12 +36,7 @@ def test_writes_png(runs, tmp_path, x, capsys):
 
 
 def error_line(capsys, argv, code=1):  # 2: bad flags, as argparse
-    with pytest.raises(SystemExit) as e:
-        plot.main(argv)
-    assert e.value.code == code
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
+    return command_error(capsys, plot.main, argv, code)
 
 
 def test_errors(runs, tmp_path, capsys):

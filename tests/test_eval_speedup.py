@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, command_error
 
 from eval import speedup as sp
 
@@ -81,12 +81,7 @@ def test_cli_table_and_json(runs, capsys):
 
 
 def error_line(capsys, argv, code=1):  # 2: bad flags, as argparse
-    with pytest.raises(SystemExit) as e:
-        sp.main(argv)
-    assert e.value.code == code
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
+    return command_error(capsys, sp.main, argv, code)
 
 
 def test_errors_are_one_line(runs, tmp_path, capsys):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, command_error
 
 from eval import table
 
@@ -93,12 +93,15 @@ def test_tab6_averages_ten_tasks_and_training_rows():
 
 
 def error_line(capsys, argv, code=1):  # 2: bad flags, as argparse
-    with pytest.raises(SystemExit) as e:
-        table.main(argv)
-    assert e.value.code == code
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
+    return command_error(capsys, table.main, argv, code)
+
+
+def test_a_metric_that_is_not_a_number_is_named_not_hidden():
+    overflow = result("overflow", FIG3["scratch"], extra={"wikitext": {"word_perplexity,none": float("inf")}})
+    assert by_key(table.build_table([overflow]))["wikitext_ppl"].cells() == ["inf"]  # shown, not "-" (missing)
+    damaged = result("damaged", FIG3["scratch"], extra={"piqa": {"acc,none": "N/A"}})
+    with pytest.raises(table.UsageError, match=r"^damaged: results.piqa.acc,none is 'N/A', not a number$"):
+        table.build_table([damaged])
 
 
 def test_cli(tmp_path, capsys):

@@ -68,10 +68,10 @@ def test_a_path_below_a_file_names_the_file(tmp_path):
 
 def test_save_torch_reports_a_full_disk_with_the_path(tmp_path):
     """torch.save's own error on a full disk names no file ("unexpected pos ..."); ours does, in one line."""
-    code = ("import resource, sys, torch; from lit_gpt.files import save_torch\n"
+    code = ("import resource, sys, torch; from lit_gpt.files import os_error_line, save_torch\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
             "try:\n    save_torch({'w': torch.zeros(100000)}, sys.argv[1])\n"
-            "except OSError as e:\n    print(e)\n")
+            "except OSError as e:\n    print(os_error_line(e))\n")
     target = tmp_path / "w.pth"
     out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=ROOT,
                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, 1 << 30)))

@@ -24,7 +24,8 @@ def recipe(tmp_path, data_dir, stages):  # noqa: F811
     path = tmp_path / "recipe.yaml"
     shared = {"train_data_dir": str(data_dir), "global_batch_size": 8, "micro_batch_size": 4, "learning_rate": 3e-3,
               "min_lr": 3e-4, "warmup_steps": 1, "eval_interval": 0, "n_chunks": 2, "max_steps": 2}
-    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "out"), "train": shared, "stages": stages}))
+    text = yaml.safe_dump({"out_dir": str(tmp_path / "out"), "train": shared, "stages": stages})
+    path.write_text(text if isinstance(stages, list) else text.split("stages:")[0] + "stages:\n" + stages)
     return path
 
 
@@ -57,6 +58,7 @@ def test_plan_lists_grow_and_train_commands(tmp_path):
     ([{"model_name": "2L128H", "compile": "maybe"}], "compile: expected true or false"),
     ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": "stack"}], "grow must be a mapping"),
     (["2L128H"], "stage 1 must be a mapping"),
+    ("  - model_name: 2L128H\n    model_name: 4L128H\n", "line 4: key 'model_name' given twice"),
 ])
 def test_bad_recipes_are_refused(tmp_path, capsys, stages, message):
     path = recipe(tmp_path, tmp_path, stages)
@@ -76,6 +78,14 @@ def test_training_values_are_converted_like_flags(tmp_path):
     after = train[train.index("--data_prefixes") + 1:train.index("--data_prefixes") + 3]
     assert after[0] == "train_x" and after[1].startswith("--")  # one prefix, not the letters of one
     assert "--max_steps" not in train
+
+
+def test_a_stage_failing_at_run_time_gives_its_own_error_and_where(tmp_path, capfd):
+    path = recipe(tmp_path, tmp_path / "no-data", [{"name": "small", "model_name": "2L128H"}])
+    assert main([str(path)]) == 1
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("error: ") and "no-data" in err[0], err
+    assert err[1].startswith("(from the train of stage 'small', exit 1;") and "error" not in err[1], err
 
 
 def test_gradual_stacking_runs_every_stage_and_carries_flops_and_data(tmp_path, data_dir, capsys):  # noqa: F811

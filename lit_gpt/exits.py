@@ -1,0 +1,95 @@
+"""How every command ends: one `error:` line for an expected failure, one line and exit code 130 for Ctrl-C
+(even while torch is still importing), and no failure when a reader closes stdout (`... | head -1`).
+
+Torch-free on purpose: `guard_command` must run before a script's heavy imports."""
+
+import os
+import sys
+from typing import Any, Callable, Optional
+
+
+def error_line(e: BaseException) -> Optional[str]:
+    """The one line a command prints for an expected failure, or None for a bug (which keeps its traceback).
+
+    Expected: ValueError (bad input, CheckpointError), OSError (a path that cannot be read or written, a full
+    disk) and torch.distributed.checkpoint's CheckpointException, which derives from BaseException."""
+    from lit_gpt.files import os_error_line
+
+    if isinstance(e, OSError):
+        return os_error_line(e)
+    if isinstance(e, ValueError):
+        return str(e)
+    if type(e).__name__ == "CheckpointException":
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        return "a distributed checkpoint could not be read or written: " + (lines[-1] if lines else type(e).__name__)
+    return None
+
+
+def exit_code(action: Callable[[], Any]) -> int:
+    """Runs a command-line action: an expected failure (`error_line`) becomes one `error:` line on stderr and
+    exit code 1; Ctrl-C one line and 130."""
+    try:
+        action()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
+        line = error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _ReaderMayLeave:
+    """stdout that drops what it is given once the reader has closed the pipe: the command's messages are
+    lost, its work (files written, a training run) is not, and it exits as it would have."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _closed(self) -> None:
+        # later writes, the interpreter's final flush and child processes' output all go to /dev/null
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _quiet_interrupt(kind, value, traceback) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        # Python still ends the process by SIGINT, so the exit status is 130
+        print("error: interrupted", file=sys.stderr)
+        return
+    sys.__excepthook__(kind, value, traceback)
+
+
+def guard_command() -> None:
+    """Call at the top of a command's script, before importing torch: Ctrl-C at any moment prints one line
+    (exit 130), and a closed stdout (`| head -1`, `| true`) neither prints a BrokenPipeError traceback nor
+    changes the exit status."""
+    sys.excepthook = _quiet_interrupt
+    if not isinstance(sys.stdout, _ReaderMayLeave) and sys.stdout is not None:
+        try:
+            sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):
+            return  # captured (pytest, notebooks): no pipe to lose
+        sys.stdout = _ReaderMayLeave(sys.stdout)

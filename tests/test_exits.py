@@ -1,0 +1,75 @@
+"""How commands end when the user presses Ctrl-C early or the reader of their output goes away (lit_gpt/exits.py)."""
+
+import ast
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import torch
+from conftest import ROOT, small_config
+
+from lit_gpt import GPT
+
+# the commands a user runs as scripts; each calls guard_command() before anything that imports torch
+SCRIPTS = ["pretrain/tinyllama.py", "eval/run.py", "eval/speedup.py", "eval/table.py", "eval/plot.py",
+           "scripts/reproduce.py", "scripts/demo.py", "scripts/prepare_sample_data.py", "scripts/prepare_slimpajama.py",
+           "scripts/convert_hf_checkpoint.py", "scripts/convert_lit_checkpoint.py", "scripts/export_checkpoint.py"]
+STDLIB_OR_LIGHT = ("lit_gpt.exits", "lit_gpt.cli", "tqdm", *sys.stdlib_module_names)
+
+
+def test_every_command_guards_before_heavy_imports():
+    for path in SCRIPTS:
+        before = []
+        for node in ast.parse((ROOT / path).read_text()).body:
+            if isinstance(node, ast.If) and "guard_command()" in ast.unparse(node):
+                break
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
+            before += [n for n in names if n not in STDLIB_OR_LIGHT and n.split(".")[0] not in sys.stdlib_module_names]
+        else:
+            raise AssertionError(f"{path} never calls guard_command()")
+        assert before == [], f"{path} imports {before} before guard_command()"
+    # python -m growth guards in its __main__ block, so nothing it imports on the way may load torch
+    probe = "import sys, growth.__main__; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True).stdout == "False\n"
+
+
+def test_ctrl_c_while_torch_imports_is_one_line():
+    interrupted = 0
+    for delay in (0.8, 1.5, 2.2):
+        proc = subprocess.Popen([sys.executable, "pretrain/tinyllama.py", "--help"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err, err
+        if proc.returncode != 0:
+            assert (proc.returncode, err.strip()) == (-signal.SIGINT, "error: interrupted")
+            interrupted += 1
+    assert interrupted >= 1, "the command finished before any signal: raise the delays' resolution"
+
+
+def _closed_stdout(*args):
+    """Runs a command whose reader has gone (`| true`): stdout is a pipe already closed at our end."""
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(timeout=120), err
+
+
+def test_a_closed_stdout_changes_nothing(tmp_path):
+    for args in (["-m", "growth", "plan", "--params", "1e9", "--tokens", "20B"], ["scripts/reproduce.py", "list"],
+                 ["scripts/reproduce.py", "smoke", "--dry_run"]):
+        assert _closed_stdout(*args) == (0, ""), args
+    config = small_config("gqa")
+    (tmp_path / "base").mkdir()
+    torch.save(GPT(config).state_dict(), tmp_path / "base" / "lit_model.pth")
+    config.to_json(tmp_path / "base" / "lit_config.json")
+    replace(config, n_layer=2 * config.n_layer).to_json(tmp_path / "deep.json")
+    code, err = _closed_stdout("-m", "growth", "grow", "--src", tmp_path / "base", "--target", tmp_path / "deep.json",
+                               "--op", "stack", "--out", tmp_path / "grown")
+    assert (code, err) == (0, "")
+    assert (tmp_path / "grown" / "lit_model.pth").is_file() and (tmp_path / "grown" / "growth.json").is_file()
