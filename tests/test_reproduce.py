@@ -18,7 +18,9 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import paper_runs as pr  # noqa: E402, I001 - found through the sys.path entry above
+import paper_experiments as pe  # noqa: E402, I001 - found through the sys.path entry above
+import paper_recipes as recipes  # noqa: E402
+import paper_runs as pr  # noqa: E402
 import reproduce as rp  # noqa: E402
 from lit_gpt.cli import parse  # noqa: E402
 from pretrain.train_args import TrainArgs  # noqa: E402
@@ -152,9 +154,9 @@ def test_partial_stacking_maps_and_connection_rates():
     specs = [rp.RUNS[k].grow.layers or "123456*4" for k in exp.runs if rp.RUNS[k].grow]
     assert sorted(specs) == sorted(pr.PARTIAL)
     for spec in pr.PARTIAL:  # the paper's printed R_c, which has two rounding slips (reference §4.2)
-        assert pr.rc(spec) == pytest.approx(pr.PARTIAL_RC[spec], abs=0.25), spec
-    assert pr.rc("cyclic", 8, 24) == pytest.approx(91.3, abs=0.05)
-    assert pr.rc("interleave", 8, 24) == pytest.approx(30.4, abs=0.05)
+        assert pe.rc(spec) == pytest.approx(pe.PARTIAL_RC[spec], abs=0.25), spec
+    assert pe.rc("cyclic", 8, 24) == pytest.approx(91.3, abs=0.05)
+    assert pe.rc("interleave", 8, 24) == pytest.approx(30.4, abs=0.05)
     interp = rp.RUNS["1.1b-interleave-8L"]
     assert interp.grow.layers == "interleave" and rp.RUNS["1.1b-stack-8L"].grow.layers is None
 
@@ -205,14 +207,14 @@ def test_recipes_have_the_papers_hyperparameters():
             assert args.learning_rate == PAPER_LR[family]
         if family == "1.1b" and "base-6L2048H" in path.stem:
             assert args.learning_rate == 1e-3  # the one base LR the paper's scripts give (base_model.sh)
-        assert args.out_dir == rp.out_dir(run, rp.DEFAULT_OUT)
+        assert args.out_dir == recipes.out_dir(run, rp.DEFAULT_OUT)
     assert parse(TrainArgs, ["--config", str(ROOT / "pretrain/configs/paper/1.1b-scratch.yaml")]).learning_rate == 3e-4
 
 
 def test_recipes_match_the_table():
     """The committed recipes are what `write-configs` writes: none edited by hand, none stale."""
-    files = rp.generated_files()
-    on_disk = {p.relative_to(ROOT) for p in (ROOT / rp.CONFIG_DIR).rglob("*") if p.is_file()}
+    files = recipes.generated_files()
+    on_disk = {p.relative_to(ROOT) for p in (ROOT / pr.CONFIG_DIR).rglob("*") if p.is_file()}
     assert on_disk == set(files)
     for path, text in files.items():
         assert (ROOT / path).read_text() == text, f"{path} differs from the table: run write-configs"
@@ -224,7 +226,7 @@ def test_small_gpu_recipe_is_about_100M_and_flops_matched():
     from lit_gpt.config import Config, param_count
 
     target = Config.load(str(ROOT / pr.FSMALL.target))
-    base = Config.load(str(ROOT / rp.SMALL_DIR / "6L512H.json"))
+    base = Config.load(str(ROOT / pr.SMALL_DIR / "6L512H.json"))
     assert 90e6 < param_count(target) < 130e6 and target.n_layer == 4 * base.n_layer
     stack, scratch = rp.RUNS["small-stack"], rp.RUNS["small-scratch"]
     assert 2 * B <= scratch.tokens <= 10 * B
@@ -396,7 +398,7 @@ def test_expected_numbers_come_from_the_paper(capsys):
     assert "54.6%" in dry_run(capsys, "scaling-7b")
     timing = dry_run(capsys, "timing")
     assert re.search(r"d = 11\.\dB", timing)  # Eq. 2 at 1.1B / 100B (reference §7: 11.4B)
-    assert math.isclose(pr.eq2(1.1 * B, 100 * B) / B, 11.4, abs_tol=0.05)
+    assert math.isclose(pe.eq2(1.1 * B, 100 * B) / B, 11.4, abs_tol=0.05)
 
 
 def test_nothing_is_submitted_without_data_tokenizer_or_disk(tmp_path, monkeypatch, capsys, sample_data):
