@@ -54,6 +54,9 @@ def resolve(spec: str, base_layers: int, target_layers: Optional[int] = None) ->
         raise ValueError(f"the base must have at least 1 layer, got {base_layers}")
     if target_layers is not None and target_layers < 1:
         raise ValueError(f"the target must have at least 1 layer, got {target_layers}")
+    for name, count in (("base", base_layers), ("target", target_layers)):
+        if count is not None and count > MAX_LAYERS:
+            raise ValueError(f"the {name} has {count} layers, more than the {MAX_LAYERS} a map may have")
     text = spec.strip()
     if not text:
         raise ValueError(f"empty layer spec; give a preset or a layer list, {_EXAMPLES}")

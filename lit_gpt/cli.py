@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type,
 
 import yaml
 
+from lit_gpt.exits import imports_done
 from lit_gpt.files import missing
 
 T = TypeVar("T")
@@ -121,6 +122,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
+        imports_done()  # from here on Ctrl-C lets the command clean up (lit_gpt.exits)
         args = sys.argv[1:] if args is None else list(args)
         return super().parse_known_args([self._underscored(str(a)) for a in args], namespace)
 

@@ -13,7 +13,7 @@ from lit_gpt.config import Config
 from lit_gpt.files import umask, writing
 from lit_gpt.model import GPT, fuse_qkv, split_qkv
 from lit_gpt.tokenizer import TOKENIZER_FILES, Tokenizer, has_tokenizer  # noqa: F401 - TOKENIZER_FILES re-exported
-from lit_gpt.utils import CheckpointError, check_state_dict
+from lit_gpt.utils import CheckpointError, check_state_dict, load_torch_file
 
 # lit key template -> HF key template; "{}" is the layer index. QKV is handled separately.
 WEIGHT_MAP = {
@@ -259,7 +259,7 @@ def load_hf_state_dict(checkpoint_dir: Path) -> Dict[str, torch.Tensor]:
         loader = lambda f: load_file(str(f))  # noqa: E731
     else:
         files = sorted(checkpoint_dir.glob("pytorch_model*.bin"))
-        loader = lambda f: torch.load(f, map_location="cpu", weights_only=True, mmap=True)  # noqa: E731
+        loader = load_torch_file
     if not files:
         raise CheckpointError(f"no *.safetensors or pytorch_model*.bin in {checkpoint_dir}")
     from tqdm import tqdm
@@ -268,6 +268,8 @@ def load_hf_state_dict(checkpoint_dir: Path) -> Dict[str, torch.Tensor]:
     for f in tqdm(files, desc="reading shards", unit="file", disable=len(files) < 2):
         try:
             state.update(loader(f))
+        except CheckpointError:
+            raise
         except Exception as e:  # noqa: BLE001 - reported as one line
             raise CheckpointError(f"cannot read {f}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     return state

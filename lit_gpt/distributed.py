@@ -41,6 +41,26 @@ class Stopped(Exception):
         return 0 if self.requeued else 128 + self.signum
 
 
+class StoppedEarly(BaseException):
+    """SIGINT or SIGTERM before the first step: nothing to save, so the rank stops at once (exit 128 + signum)
+    instead of finishing a set-up that may take minutes. A BaseException, as KeyboardInterrupt is, so that no
+    `except Exception` on the way holds it up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_early_on_signals() -> None:
+    """Until `Agreement` takes over, SIGINT and SIGTERM raise `StoppedEarly` (the default SIGTERM would end the
+    process without a word)."""
+    def stop(signum, frame):
+        raise StoppedEarly(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 def launch_rank() -> int:
     """This process's global rank from the launcher's environment, before any process group exists: srun's
     SLURM_PROCID, torchrun's RANK, our local launcher's LOCAL_RANK; 0 for a process started by hand."""
@@ -179,8 +199,8 @@ class Watchdog:
 class Agreement:
     """Stop signals and local failures, agreed on by every rank at step boundaries (one small all-reduce).
 
-    SIGTERM, SIGUSR1 and SIGINT set a flag (a second SIGINT, 2 s or more after the first, interrupts at once).
-    Code that only one rank runs
+    SIGTERM, SIGUSR1 and SIGINT set a flag (a second SIGINT, 2 s or more after the first, interrupts at once);
+    before `begin`, i.e. during set-up, SIGINT and SIGTERM raise `StoppedEarly`. Code that only one rank runs
     (rank 0's metrics file, checkpoint pruning) records its exception with `attempt`; at the next `check` every
     rank learns of it: the failing rank raises its own error, the others raise `RankFailure`.
     """
@@ -188,11 +208,18 @@ class Agreement:
     def __init__(self) -> None:
         self.signum: Optional[int] = None
         self._since = 0.0
+        self._training = False
         self.failure: Optional[BaseException] = None
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
+    def begin(self) -> None:
+        """Training starts: from now on a stop signal saves a checkpoint at the next step boundary."""
+        self._training = True
+
     def _handle(self, signum, frame) -> None:
+        if not self._training and signum != signal.SIGUSR1:
+            raise StoppedEarly(signum)
         now = time.monotonic()
         if signum == signal.SIGINT and self.signum == signal.SIGINT and now - self._since > 2.0:
             raise KeyboardInterrupt  # Ctrl-C again: a duplicate of the first arrives within milliseconds

@@ -4,6 +4,7 @@
 Torch-free on purpose: `guard_command` must run before a script's heavy imports."""
 
 import os
+import signal
 import sys
 from typing import Any, Callable, Optional
 
@@ -39,6 +40,10 @@ def exit_code(action: Callable[[], Any]) -> int:
             raise
         print(f"error: {line}", file=sys.stderr)
         return 1
+    if sys.excepthook is _quiet_interrupt:  # a command's process (guard_command), about to exit
+        # the output is in place: a Ctrl-C or SIGTERM while the interpreter shuts down must not report a failure
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     return 0
 
 
@@ -74,6 +79,26 @@ class _ReaderMayLeave:
         return getattr(self._stream, name)
 
 
+def _interrupted_while_importing(signum, frame) -> None:
+    """Ctrl-C before the command has parsed its flags, i.e. while it imports: nothing is written yet, so it ends
+    here. A KeyboardInterrupt raised inside a C extension's initialisation would surface as an ImportError
+    traceback (numpy: "cannot load module more than once"), or be swallowed by a library's `except`."""
+    try:
+        sys.stderr.write("error: interrupted\n")
+        sys.stderr.flush()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)  # dies by SIGINT, as a shell expects of an interrupted command
+
+
+def imports_done() -> None:
+    """Ctrl-C raises KeyboardInterrupt again, so that a command's work cleans up after itself (temporary outputs)
+    and ends with one line. Called when flags are parsed (`lit_gpt.cli.ArgumentParser`); a no-op unless
+    `guard_command` deferred it."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_importing:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _quiet_interrupt(kind, value, traceback) -> None:
     if issubclass(kind, KeyboardInterrupt):
         # Python still ends the process by SIGINT, so the exit status is 130
@@ -85,8 +110,11 @@ def _quiet_interrupt(kind, value, traceback) -> None:
 def guard_command() -> None:
     """Call at the top of a command's script, before importing torch: Ctrl-C at any moment prints one line
     (exit 130), and a closed stdout (`| head -1`, `| true`) neither prints a BrokenPipeError traceback nor
-    changes the exit status."""
+    changes the exit status. Until the command parses its flags (`imports_done`), Ctrl-C ends the process at
+    once; after that it is a KeyboardInterrupt, reported by `exit_code` or the excepthook set here."""
     sys.excepthook = _quiet_interrupt
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell made us ignore it
+        signal.signal(signal.SIGINT, _interrupted_while_importing)
     if not isinstance(sys.stdout, _ReaderMayLeave) and sys.stdout is not None:
         try:
             sys.stdout.fileno()

@@ -4,7 +4,7 @@ import ctypes
 import ctypes.util
 import pickle
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -75,6 +75,26 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or does not match what it should hold."""
 
 
+def load_torch_file(path: Union[str, Path]) -> Any:
+    """`torch.load(weights_only=True)` onto the CPU: memory-mapped for the zip archive torch.save writes (only the
+    pages used are read), read whole for the legacy pickle format, which cannot be mapped.
+
+    Raises:
+        CheckpointError: the file is empty (a write cut short) or neither format, in words instead of torch's
+            advice to re-save it with `_use_new_zipfile_serialization`.
+        pickle.UnpicklingError: it holds objects other than tensors (weights_only refuses to unpickle them).
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint; was its writing cut short?")
+    if head == b"PK\x03\x04":
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if head[:1] == b"\x80":
+        return torch.load(path, map_location="cpu", weights_only=True)
+    raise CheckpointError(f"{path} is not a torch checkpoint: neither the zip archive torch.save writes nor a pickle")
+
+
 def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Loads weights without running pickled code: safetensors, or `torch.load(weights_only=True)`.
 
@@ -90,7 +110,9 @@ def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = load_torch_file(path)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError:
         raise CheckpointError(f"cannot read {path}: it holds pickled objects other than tensors, which are "
                               "never unpickled (weights_only=True); re-save its state dict") from None

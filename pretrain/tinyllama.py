@@ -36,11 +36,13 @@ if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
 import torch  # noqa: E402
 
 from lit_gpt import Config, FusedCrossEntropyLoss  # noqa: E402
+from lit_gpt.config import param_count  # noqa: E402
 from lit_gpt import checkpoint as ckpt  # noqa: E402
 from lit_gpt.convert import expected_shapes  # noqa: E402
 from lit_gpt.data_record import DataTokenizer, check_training_data  # noqa: E402
-from lit_gpt.distributed import (Agreement, RankFailure, Stopped, Watchdog, check_slurm_layout,  # noqa: E402
-                                 externally_launched, launch_local, launch_rank, on_rank_zero)
+from lit_gpt.distributed import (Agreement, RankFailure, Stopped, StoppedEarly, Watchdog,  # noqa: E402
+                                 check_slurm_layout, externally_launched, launch_local, launch_rank, on_rank_zero,
+                                 stop_early_on_signals)
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
 from lit_gpt.kernels import describe  # noqa: E402
 from lit_gpt.materialize import open_weights  # noqa: E402
@@ -202,6 +204,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     fabric.seed_everything(args.seed, verbose=False)
     growth = growth_record(args)
     masked, width = growth.get("masked_layers") or [], growth.get("width_masks")
+    log(f"building {config.name}: {param_count(config) / 1e6:,.1f}M parameters")
     model, optimizer = setup_model(fabric, args, config, strategy_name)
     loader = create_train_loader(args, block, accumulation, fabric, config.padded_vocab_size)
     loss_fn = FusedCrossEntropyLoss()
@@ -256,6 +259,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     start = time.perf_counter()
     monitor.tick()
     last_saved = step
+    agreement.begin()
     while step < max_steps:
         watchdog.phase(f"step {step + 1}")
         signum = agreement.check(fabric)
@@ -356,6 +360,21 @@ def requeue(fabric, signum: int) -> bool:
     return bool(fabric.broadcast(done, src=0)) if fabric.world_size > 1 else done
 
 
+def remove_if_unused(out_dir: Path) -> None:
+    """Removes an out_dir this run created when it ended before writing anything in it but metrics.csv's header
+    (bad input found after the processes started, a stop during start-up)."""
+    try:
+        entries = list(out_dir.iterdir())
+        metrics = out_dir / "metrics.csv"
+        if entries == [metrics] and len(metrics.read_text().splitlines()) <= 1:
+            metrics.unlink()
+        elif entries:
+            return
+        out_dir.rmdir()
+    except OSError:
+        pass  # another rank's files, or the directory is gone: nothing of ours to remove
+
+
 def check_out_dir(args: TrainArgs) -> None:
     """Refuses to train over another run or over this run's own input: an out_dir holding step-* checkpoints or
     final/ needs --resume (continue it) or --force (overwrite it step by step); --initial_checkpoint inside
@@ -405,6 +424,7 @@ def run(argv=None) -> int:
         make_out_dir(Path(args.out_dir))
         if args.devices * args.num_nodes > 1 and not externally_launched():
             return launch_local(args.devices, [str(Path(__file__).resolve()), *argv])
+        stop_early_on_signals()  # process groups and the model can take minutes to set up
         fabric, strategy_name = make_fabric(args)
         started = True
         fabric.launch(main, args, config, strategy_name)
@@ -415,8 +435,21 @@ def run(argv=None) -> int:
             print(message if rank == 0 else message.replace("error: ", f"error: rank {rank}: ", 1),
                   file=sys.stderr, flush=True)
 
+    out_dir, existed = Path(args.out_dir), Path(args.out_dir).exists()
+    code = _reported(launch, report, rank, args)
+    if code != 0 and not existed:
+        remove_if_unused(out_dir)
+    return code
+
+
+def _reported(launch, report, rank: int, args: TrainArgs) -> int:
+    """`launch()`'s exit code, with every way a run ends reported once (by rank 0 where all ranks share it)."""
     try:
         return launch()
+    except StoppedEarly as stop:
+        if rank == 0:
+            report(f"error: stopped by {stop} during start-up, before the first step: nothing was saved")
+        return 128 + stop.signum
     except Stopped as stop:
         if rank != 0:  # rank 0 speaks for the job: srun --kill-on-bad-exit must not kill it before it does
             return 0

@@ -123,3 +123,5 @@ class TrainArgs:
             raise UsageError(f"--block_size must be at least 1, got {self.block_size}")
         if self.keep_last is not None and self.keep_last < 1:
             raise UsageError("--keep_last must be at least 1 (the checkpoint a resume needs)")
+        if not 0 <= self.seed < 2 ** 32:
+            raise UsageError(f"--seed must be from 0 to {2 ** 32 - 1} (numpy's range), got {self.seed}")

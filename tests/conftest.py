@@ -1,4 +1,5 @@
 import contextlib
+import json
 import os
 import stat
 import subprocess
@@ -93,3 +94,12 @@ def command_error(capsys, main, argv, code: int = 1) -> str:
     assert got == code, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     return err
+
+
+def in_one_process(commands, scratch: Path) -> None:
+    """Runs `commands` ([["pretrain/tinyllama.py", flags...], ["growth", "grow", ...], ...]) one after another in
+    one process (tests/one_process.py): each through its script's entry function, start-up paid once."""
+    (scratch / "commands.json").write_text(json.dumps([[str(a) for a in c] for c in commands]))
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "one_process.py"), str(scratch / "commands.json")],
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -63,6 +63,13 @@ def _file(tmp: Path, name: str = "notes.txt") -> Path:
     return tmp / name
 
 
+def _weights_file(tmp: Path, world: Dict[str, Path], text: str) -> None:
+    """A checkpoint directory whose lit_model.pth holds `text`, beside a good lit_config.json."""
+    (tmp / "src").mkdir()
+    shutil.copy(world["final"] / "lit_config.json", tmp / "src")
+    (tmp / "src" / "lit_model.pth").write_text(text)
+
+
 def _dir_with_file(tmp: Path, name: str = "out") -> Path:
     (tmp / name).mkdir()
     _file(tmp / name)
@@ -166,6 +173,12 @@ CASES += [
     Case("grow-damaged-source", lambda t, w: ["-m", "growth", "grow", "--src", str(t / "run" / "step-00000001"),
                                               "--target", "8L128H", "--op", "stack", "--out_dir", str(t / "g")],
          lambda t, w: str(t / "run" / "step-00000001"), setup=lambda t, w: _damaged_step(t, w, "truncate")),
+    # torch's own message advised re-saving with `_use_new_zipfile_serialization`
+    *[Case(f"grow-from-{kind}-weights", lambda t, w: ["-m", "growth", "grow", "--src", str(t / "src"), "--target",
+                                                      "8L128H", "--op", "stack", "--out_dir", str(t / "g")],
+           lambda t, w, words=words: f"{t / 'src' / 'lit_model.pth'} {words}",
+           setup=lambda t, w, text=text: _weights_file(t, w, text))
+      for kind, text, words in (("empty", "", "is empty"), ("text", "hello\n", "is not a torch checkpoint"))],
     Case("grow-shrinks", lambda t, w: ["-m", "growth", "grow", "--src", str(w["final"]), "--target",
                                        str(t / "model.json"), "--op", "stack", "--out_dir", str(t / "g")],
          lambda t, w: "layer", setup=lambda t, w: _config(t, n_layer=1)),

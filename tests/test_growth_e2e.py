@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
-from test_pretrain import MODEL, data_dir, metrics, train  # noqa: F401 - data_dir is a fixture
+from conftest import ROOT, in_one_process
+from test_pretrain import MODEL, args_for, data_dir, metrics, train  # noqa: F401 - data_dir is a fixture
 
 from lit_gpt import Config
 from lit_gpt.checkpoint import consolidate_optimizer
@@ -23,11 +23,14 @@ def test_function_preserving_growth_continues_the_base_run(data_dir, tmp_path): 
         "--out_dir", tmp_path / "base4")
     target = tmp_path / "target.json"
     Config(**{**MODEL, "n_layer": 4}).to_json(target)
+    commands = []
     for op in ("zero-depth", "stack", "random-depth"):
-        run("-m", "growth", "grow", "--src", tmp_path / "base4", "--target", target, "--op", op,
-            "--out", tmp_path / op)
-        train(data_dir, tmp_path / f"run-{op}", "--model_name", target, "--max_steps", 2, "--eval_interval", 0,
-              "--initial_checkpoint", tmp_path / op, "--mask_ramp_steps", 4)
+        commands.append(["growth", "grow", "--src", tmp_path / "base4", "--target", target, "--op", op,
+                         "--out", tmp_path / op])
+        commands.append(["pretrain/tinyllama.py", *args_for(data_dir, tmp_path / f"run-{op}", "--model_name", target,
+                         "--max_steps", 2, "--eval_interval", 0, "--initial_checkpoint", tmp_path / op,
+                         "--mask_ramp_steps", 4)])
+    in_one_process(commands, tmp_path)
     refused = subprocess.run([sys.executable, "scripts/export_checkpoint.py", "--checkpoint_dir",
                               str(tmp_path / "run-random-depth" / "step-00000002")], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 1 and "masks ramp until step 5" in refused.stderr  # mask 1/4 in the raw weights
@@ -54,9 +57,9 @@ def test_optimizer_state_carry(data_dir, tmp_path):  # noqa: F811
     for j, s in enumerate([0, 1, 0, 1]):
         key = "transformer.h.{}.mlp.swiglu.w1.weight"
         assert torch.equal(moments["exp_avg_sq"][key.format(j)], base["exp_avg_sq"][key.format(s)])
-    for mode in ("reset", "carry"):
-        train(data_dir, tmp_path / mode, "--model_name", target, "--max_steps", 2, "--eval_interval", 0,
-              "--initial_checkpoint", tmp_path / "grown", "--optimizer_state", mode)
+    in_one_process([["pretrain/tinyllama.py", *args_for(data_dir, tmp_path / mode, "--model_name", target, "--max_steps",
+                     2, "--eval_interval", 0, "--initial_checkpoint", tmp_path / "grown", "--optimizer_state", mode)]
+                    for mode in ("reset", "carry")], tmp_path)
     reset, carry = metrics(tmp_path / "reset"), metrics(tmp_path / "carry")
     assert reset[1]["train_loss"] == carry[1]["train_loss"]  # same weights, same batch
     assert reset[2]["train_loss"] != carry[2]["train_loss"]  # different first update

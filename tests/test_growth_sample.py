@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, in_one_process
 from test_pretrain import metrics
 
 from lit_gpt import Config
@@ -26,10 +26,13 @@ def run(*args):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+TRAIN = ("--global_batch_size", 4, "--micro_batch_size", 4, "--block_size", 64, "--learning_rate", 3e-3,
+         "--warmup_steps", 2, "--eval_interval", 0, "--n_chunks", 2)
+
+
 def train(sample_data, out_dir, *extra):
-    run(ROOT / "pretrain" / "tinyllama.py", "--train_data_dir", sample_data / "packed", "--out_dir", out_dir,
-        "--global_batch_size", 4, "--micro_batch_size", 4, "--block_size", 64, "--learning_rate", 3e-3,
-        "--warmup_steps", 2, "--eval_interval", 0, "--n_chunks", 2, *extra)
+    run(ROOT / "pretrain" / "tinyllama.py", "--train_data_dir", sample_data / "packed", "--out_dir", out_dir, *TRAIN,
+        *extra)
 
 
 def test_every_operator_on_the_sample(sample_data, tmp_path):
@@ -42,15 +45,20 @@ def test_every_operator_on_the_sample(sample_data, tmp_path):
     wide.to_json(tmp_path / "wide.json")
     # random-width's sqrt(d/D) norm factor is exact when eps scales with it (growth/width.py)
     replace(wide, norm_eps=wide.norm_eps * 128 / 256).to_json(tmp_path / "wide-eps.json")
+    commands = []  # every grow and continued run in one process: start-up is most of a tiny command's time
     for op in DEPTH + WIDTH:
         target = "4L128H" if op in DEPTH else tmp_path / ("wide-eps.json" if op == "random-width" else "wide.json")
         common = ("--src", tmp_path / "base3", "--target", target, "--op", op, "--out", tmp_path / op)
         if op.startswith("learn"):
-            run("-m", "growth", "learn", *common, "--steps", 2, "--data", sample_data / "packed", "--block_size", 64)
+            commands.append(["growth", "learn", *common, "--steps", 2, "--data", sample_data / "packed",
+                             "--block_size", 64])
         else:
-            run("-m", "growth", "grow", *common)
-        train(sample_data, tmp_path / f"run-{op}", "--model_name", target, "--max_steps", 2,
-              "--initial_checkpoint", tmp_path / op, "--mask_ramp_steps", 4)
+            commands.append(["growth", "grow", *common])
+        commands.append(["pretrain/tinyllama.py", "--train_data_dir", sample_data / "packed", "--out_dir",
+                         tmp_path / f"run-{op}", *TRAIN, "--model_name", target, "--max_steps", 2,
+                         "--initial_checkpoint", tmp_path / op, "--mask_ramp_steps", 4])
+    in_one_process(commands, tmp_path)
+    for op in DEPTH + WIDTH:
         first, second = (float(metrics(tmp_path / f"run-{op}")[s]["train_loss"]) for s in (1, 2))
         assert math.isfinite(first) and math.isfinite(second), op
         if op in PRESERVING:

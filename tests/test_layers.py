@@ -203,6 +203,8 @@ def test_resolve_matches_independent_expansion(case):
     ("(1-6)*0", 6, None, ["*0"]),
     ("", 6, None, ["empty"]),
     ("(1-9)*99999999", 9, None, [str(MAX_LAYERS)]),
+    ("cyclic", 100_000, 100_000_000, ["target has 100000000 layers", str(MAX_LAYERS)]),  # ran for minutes
+    ("1", MAX_LAYERS + 1, None, ["base has 100001 layers"]),
     ("123", 0, None, ["at least 1 layer"]),
 ])
 def test_errors(spec, base, target, fragments):

@@ -209,3 +209,32 @@ def test_flags_are_checked_before_any_work(flags, words):
 
     with pytest.raises(UsageError, match=words.replace("-", "\\-")):
         TrainArgs(**{"max_steps": 1, "global_batch_size": 8, "micro_batch_size": 2, **flags}).check()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_start_up_ends_at_once_and_leaves_nothing(data_dir, tmp_path, sig):
+    """A 100000-layer model takes minutes to build: a stop signal then ended nothing (SIGINT and SIGTERM only set
+    the flag that the first step reads) and a run that never started left its empty out_dir."""
+    Config(**{**MODEL, "n_layer": 100_000}).to_json(tmp_path / "huge.json")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args_for(data_dir, out, "--model_name", tmp_path / "huge.json",
+                                                                    "--max_steps", 1, "--eval_interval", 0)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("building tiny-train: ")
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err[-3000:]
+    errors = [line for line in err.splitlines() if not line.startswith("warning: no tokenizer")]
+    assert errors == [f"error: stopped by {signal.Signals(sig).name} during start-up, before the first step: "
+                      "nothing was saved"]
+    assert not out.exists()
+
+
+def test_a_seed_out_of_range_is_refused_before_anything_is_made(data_dir, tmp_path):
+    result = train(data_dir, tmp_path / "run", "--max_steps", 1, "--seed", -1, check=False)
+    assert_refused(result, "--seed must be from 0 to 4294967295")
+    assert not (tmp_path / "run").exists()
