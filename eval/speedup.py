@@ -139,7 +139,14 @@ def speedup(scratch: Rows, grown: Rows, loss: Optional[float] = None, column: st
             raise ValueError(f"the {name} run never reaches {column} {target:.4f} (its lowest is {best[name]:.4f})")
         out[name] = {**hit, "scratch_equivalent_tokens": hit["flops"] / fpt, "base_flops": base_flops(rows)}
     out["speedup"] = out["scratch"]["flops"] / out["grown"]["flops"] - 1
+    out["warnings"] = [f"the {name} run is at {column} {target:.4f} already at its first logged point (step "
+                       f"{out[name]['step']:g}): its FLOPs to reach it are only an upper bound, set by when it logged"
+                       for name in runs if out[name]["step"] == _first_logged_step(runs[name], column)]
     return out
+
+
+def _first_logged_step(rows: Rows, column: str) -> Optional[float]:
+    return next((r["step"] for r in rows if r.get(column) is not None), None)
 
 
 def format_report(res: dict, dirs: Dict[str, str]) -> str:
@@ -151,7 +158,9 @@ def format_report(res: dict, dirs: Dict[str, str]) -> str:
         r = res[name]
         lines.append(f"{name:8} {r['flops']:10.3e} {r['base_flops']:10.3e} {r['tokens']:10.3e} "
                      f"{r['scratch_equivalent_tokens']:17.3e} {r['step']:8.1f}  {dirs[name]}")
-    lines.append(f"speedup: {res['speedup']:.1%} (FLOPs_scratch / FLOPs_grown - 1, the base model's FLOPs counted)")
+    base = ("the base model's FLOPs counted" if res["grown"]["base_flops"] > 1e-6 * res["grown"]["flops"]
+            else "no base model's FLOPs in the grown run's log")
+    lines.append(f"speedup: {res['speedup']:.1%} (FLOPs_scratch / FLOPs_grown - 1, {base})")
     return "\n".join(lines)
 
 
@@ -180,9 +189,14 @@ def main(argv=None) -> int:
         for r in grown:
             r["flops"] += args.add_base_flops
         res = speedup(scratch, grown, args.at_loss, args.column, args.smooth)
+        warnings = list(res["warnings"])
         if len(grown) > 1 and res["grown"]["base_flops"] <= 1e-6 * grown[-1]["flops"]:
-            print(f"warning: {args.grown}: FLOPs start at 0, so the base model's cost is not counted "
-                  "(see --add_base_flops)", file=sys.stderr)
+            warnings.append(f"{args.grown}: FLOPs start at 0, so the base model's cost is not counted "
+                            "(see --add_base_flops)")
+        if Path(args.scratch).resolve() == Path(args.grown).resolve():
+            warnings.append("--scratch and --grown are the same run")
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(json.dumps(res, indent=2) if args.json else format_report(res, {"scratch": args.scratch,
                                                                               "grown": args.grown}))
 

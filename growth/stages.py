@@ -177,8 +177,9 @@ def _grow_options(grow: Any, where: str) -> Dict[str, str]:
 
 def changes(step: Step) -> Optional[str]:
     """What the recipe now gives `step`'s stage that differs from what its outputs were made with, or None when
-    it matches, nothing of the stage exists yet, or the stage ran before records were kept."""
-    if not step.record_file.is_file():
+    it matches, the stage has made nothing yet (no grown model, no checkpoint: it never ran, or failed before
+    its first step), or it ran before records were kept."""
+    if not step.record_file.is_file() or not _made_anything(step):
         return None
     try:
         ran = json.loads(step.record_file.read_text())
@@ -196,6 +197,13 @@ def changes(step: Step) -> Optional[str]:
         source = now.get("source") or {}
         found.append(f"its source stage {source['stage']!r} changed" if "stage" in source else "its source changed")
     return ", ".join(found) or "its record differs"
+
+
+def _made_anything(step: Step) -> bool:
+    """Whether the stage holds outputs that a changed recipe would make stale: its grown model or a checkpoint."""
+    train_dir, *grown = step.outputs
+    made = [p.name for p in train_dir.iterdir()] if train_dir.is_dir() else []
+    return any(p.exists() for p in grown) or any(n == "final" or n.startswith("step-") for n in made)
 
 
 def _show(values: Dict[str, Any], key: str) -> str:
@@ -256,8 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[{i}/{len(steps)}] {step.kind} {step.stage}: {status}\n  {shlex.join(step.command)}", flush=True)
             if step.done or args.dry_run:
                 continue
-            if not step.record_file.is_file():
-                write_text(step.record_file, json.dumps(step.record, indent=2) + "\n")
+            write_text(step.record_file, json.dumps(step.record, indent=2) + "\n")  # what this run makes
             code = subprocess.run(step.command, cwd=ROOT).returncode
             if code == 0 and not step.done:  # saved and requeued by slurm: the requeued job resumes it
                 print(f"stage {step.stage!r} stopped before its end and its job was requeued; the next run of this "

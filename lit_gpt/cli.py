@@ -140,7 +140,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def parse(cls: Type[T], argv: Optional[List[str]] = None, description: str = "") -> T:
     """Parses `argv` into `cls`: field help comes from `field(metadata={"help": ...})`.
 
-    Precedence: command-line flag > `--config` YAML > the dataclass default. A bool flag alone means true
+    Precedence: command-line flag > `--config` YAML > the dataclass default. A flag also replaces the recipe's
+    value of its alternatives (`cls.ALTERNATIVES`, e.g. `--max_tokens` a recipe's `max_steps`). A bool flag alone means true
     (`--compile`); `--compile false` still works. Bad flags and recipe faults (unknown keys, wrong types, values
     outside the choices) print one `error:` line and exit with status 2, as argparse does.
     """
@@ -156,9 +157,16 @@ def parse(cls: Type[T], argv: Optional[List[str]] = None, description: str = "")
                             help=f"{flag.help} (default: {flag.default})")
     if known.config is not None:
         try:
-            parser.set_defaults(**convert_values(cls, read_recipe(known.config), f"--config {known.config}"))
+            recipe = convert_values(cls, read_recipe(known.config), f"--config {known.config}")
         except ValueError as e:
             parser.exit(2, f"error: {e}\n")
+        given = {parser._underscored(str(a)).partition("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+        for group in getattr(cls, "ALTERNATIVES", ()):
+            if any(f"--{name}" in given for name in group):
+                for name in group:
+                    if f"--{name}" not in given:
+                        recipe.pop(name, None)
+        parser.set_defaults(**recipe)
     namespace = vars(parser.parse_args(argv))
     namespace.pop("config")
     return cls(**namespace)
@@ -170,6 +178,8 @@ class _UniqueKeys(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: explicit keys override merged ones
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)

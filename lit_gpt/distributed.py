@@ -51,14 +51,46 @@ class StoppedEarly(BaseException):
         self.signum = signum
 
 
-def stop_early_on_signals() -> None:
-    """Until `Agreement` takes over, SIGINT and SIGTERM raise `StoppedEarly` (the default SIGTERM would end the
-    process without a word)."""
+_starting = threading.Event()  # set from stop_early_on_signals until Agreement.begin: the rank is starting up
+_stop_reported = threading.Event()  # the main thread has said why it stops
+
+
+def stop_early_on_signals(speak: bool, cleanup: Callable[[], None], grace: float = 10.0) -> None:
+    """Until `Agreement.begin`, SIGINT and SIGTERM raise `StoppedEarly` (the default SIGTERM would end the process
+    without a word). A Python handler runs only when the main thread is back in Python, and a process group's
+    TCPStore connect retries through EINTR in C++ for many minutes, so a watcher thread, woken by the signal
+    itself (`signal.set_wakeup_fd`), ends the process `grace` seconds later if it is still starting up: one
+    line where `speak` and the main thread has not said it, `cleanup()`, exit 128 + signal."""
     def stop(signum, frame):
         raise StoppedEarly(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write)
+    _starting.set()
+    threading.Thread(target=_end_if_held, args=(read, speak, cleanup, grace), daemon=True).start()
+
+
+def stop_reported() -> None:
+    """The main thread has printed why the rank stops: the watcher of `stop_early_on_signals` stays silent."""
+    _stop_reported.set()
+
+
+def _end_if_held(read: int, speak: bool, cleanup: Callable[[], None], grace: float) -> None:
+    while True:
+        signum = os.read(read, 1)[0]
+        if signum in (signal.SIGINT, signal.SIGTERM) and _starting.is_set():
+            break
+    time.sleep(grace)
+    if not _starting.is_set():
+        return
+    if speak and not _stop_reported.is_set():
+        print(f"error: stopped by {signal.Signals(signum).name} during start-up, before the first step: nothing "
+              "was saved", file=sys.stderr, flush=True)
+    cleanup()
+    os._exit(128 + signum)
 
 
 def launch_rank() -> int:
@@ -114,7 +146,9 @@ def free_port() -> int:
 
 def launch_local(devices: int, argv: List[str], grace_s: float = 10.0) -> int:
     """Starts `devices` ranks of this command on this machine (torchrun's standalone mode) and returns the run's
-    exit code: the first failing rank's, else rank 0's (a rank killed by signal N counts as 128 + N). SIGTERM,
+    exit code: the first failing rank's, else rank 0's (a rank killed by signal N counts as 128 + N); after a stop
+    signal to this process, 128 + that signal unless every rank finished (a rank that saw its peer stop first
+    fails in a collective, and that is no failure of the run). SIGTERM,
     SIGUSR1 and SIGINT sent to this process go to every rank (a terminal's Ctrl-C, which reaches them too, then
     arrives twice within milliseconds: `Agreement` counts that as one). When a rank fails, the others get
     `grace_s` to notice, then SIGKILL: a rank blocked in a collective cannot run Python signal handlers."""
@@ -123,7 +157,10 @@ def launch_local(devices: int, argv: List[str], grace_s: float = 10.0) -> int:
     procs = [subprocess.Popen([sys.executable, *argv], env={**env, "LOCAL_RANK": str(r)},
                               preexec_fn=_stop_with_parent) for r in range(devices)]
 
+    received: List[int] = []
+
     def forward(signum, frame) -> None:
+        received.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
@@ -141,6 +178,8 @@ def launch_local(devices: int, argv: List[str], grace_s: float = 10.0) -> int:
                 if p.poll() is None:
                     p.kill()
         time.sleep(0.1)
+    if received and any(codes):
+        return 128 + received[0]
     if failed is not None:
         return failed
     return _code(codes[0]) or next((_code(c) for c in codes if c), 0)
@@ -216,6 +255,8 @@ class Agreement:
     def begin(self) -> None:
         """Training starts: from now on a stop signal saves a checkpoint at the next step boundary."""
         self._training = True
+        _starting.clear()
+        signal.set_wakeup_fd(-1)
 
     def _handle(self, signum, frame) -> None:
         if not self._training and signum != signal.SIGUSR1:

@@ -42,7 +42,7 @@ from lit_gpt.convert import expected_shapes  # noqa: E402
 from lit_gpt.data_record import DataTokenizer, check_training_data  # noqa: E402
 from lit_gpt.distributed import (Agreement, RankFailure, Stopped, StoppedEarly, Watchdog,  # noqa: E402
                                  check_slurm_layout, externally_launched, launch_local, launch_rank, on_rank_zero,
-                                 stop_early_on_signals)
+                                 stop_early_on_signals, stop_reported)
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
 from lit_gpt.kernels import describe  # noqa: E402
 from lit_gpt.materialize import open_weights  # noqa: E402
@@ -90,9 +90,9 @@ def validate(args: TrainArgs) -> Config:
     args.check()
     check_out_dir(args)
     config = model_config(args)
-    for d in {args.train_data_dir, args.val_data_dir or args.train_data_dir}:
-        if why := missing(d, "directory"):
-            raise UsageError(f"data directory {d}: {why}; give the directory of the packed *.bin files")
+    for flag, d in (("--train_data_dir", args.train_data_dir), ("--val_data_dir", args.val_data_dir)):
+        if d is not None and (why := missing(d, "directory")):
+            raise UsageError(f"{flag} {d}: {why}; give the directory of the packed *.bin files")
     for prefix in args.data_prefixes:
         data_files(Path(args.train_data_dir), prefix, check=True)
     if args.eval_interval:
@@ -390,13 +390,16 @@ def check_out_dir(args: TrainArgs) -> None:
             if initial == owned.resolve() or owned.resolve() in initial.parents:
                 raise UsageError(f"--initial_checkpoint {args.initial_checkpoint} lies in {owned}, which this run "
                                  "writes; move it out of --out_dir or train into another --out_dir")
-    if args.resume or args.force or not out_dir.is_dir():
+    # --resume auto, or a checkpoint of this out_dir, continues the run there; one from elsewhere would not
+    continues = args.resume == "auto" or (args.resume and out_dir.resolve() in Path(args.resume).resolve().parents)
+    if continues or args.force or not out_dir.is_dir():
         return
     held = sorted(p.name for p in out_dir.iterdir() if p.name == "final" or ckpt.STEP_DIR.match(p.name))
     if held:
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-        raise UsageError(f"--out_dir {out_dir} holds another run ({shown}); continue it with --resume auto, train "
-                         "into another --out_dir, or pass --force to overwrite it")
+        other = f" and --resume {args.resume} is not one of its checkpoints" if args.resume else ""
+        raise UsageError(f"--out_dir {out_dir} holds another run ({shown}){other}; continue it with --resume auto, "
+                         "train into another --out_dir, or pass --force to overwrite it")
 
 
 def make_out_dir(out_dir: Path) -> None:
@@ -424,7 +427,8 @@ def run(argv=None) -> int:
         make_out_dir(Path(args.out_dir))
         if args.devices * args.num_nodes > 1 and not externally_launched():
             return launch_local(args.devices, [str(Path(__file__).resolve()), *argv])
-        stop_early_on_signals()  # process groups and the model can take minutes to set up
+        # process groups and the model can take minutes to set up
+        stop_early_on_signals(rank == 0, cleanup=lambda: None if existed else remove_if_unused(out_dir))
         fabric, strategy_name = make_fabric(args)
         started = True
         fabric.launch(main, args, config, strategy_name)
@@ -447,6 +451,7 @@ def _reported(launch, report, rank: int, args: TrainArgs) -> int:
     try:
         return launch()
     except StoppedEarly as stop:
+        stop_reported()
         if rank == 0:
             report(f"error: stopped by {stop} during start-up, before the first step: nothing was saved")
         return 128 + stop.signum

@@ -2,7 +2,7 @@
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, List, Optional, Tuple
 
 from lit_gpt.cli import whole_count
 
@@ -19,6 +19,8 @@ def _h(text: str, **extra) -> dict:
 
 @dataclass
 class TrainArgs:
+    # a flag for one of these replaces a recipe's value for the other (lit_gpt.cli.parse)
+    ALTERNATIVES: ClassVar[Tuple[Tuple[str, ...], ...]] = (("max_steps", "max_tokens"),)
     model_name: Optional[str] = field(default=None, metadata=_h(
         "config name, or a lit_config.json path (default: the lit_config.json beside --initial_checkpoint, else "
         f"the resumed checkpoint's, else {DEFAULT_MODEL})"))

@@ -174,6 +174,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     if not 0 < args.base_fraction < 1:
         p.error(f"--base_fraction must be between 0 and 1, got {args.base_fraction}")
+    if args.tokens < 1:
+        p.error(f"--tokens must be a positive number of tokens, got {args.tokens}")
     steps = budget(args.tokens, args.base_fraction)
     if min(steps.values()) < 1:
         p.error(f"--tokens {args.tokens} leaves a run with no steps ({steps}); give more tokens")

@@ -258,6 +258,8 @@ def main(argv=None) -> int:
 def build(out: Path) -> None:
     """Every stage into `out` (module docstring). Raises SampleDataError or OSError."""
     start = time.perf_counter()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out_dir {out}: is a file, not a directory")
     write_raw(out, download(out))
     train_tokenizer(out)
     pack(out)

@@ -161,6 +161,15 @@ def test_recipe_values_are_checked_as_flags_are(tmp_path, capsys, recipe, words)
     assert all(w in err for w in words), err
 
 
+def test_a_flag_replaces_the_recipes_alternative_and_merge_keys_work(tmp_path):
+    """`--max_tokens` over a recipe's `max_steps` was refused as "give exactly one of" both."""
+    args = recipe_args(tmp_path, "max_steps: 3\n", "--max_tokens", "512")
+    assert (args.max_steps, args.max_tokens) == (None, 512)
+    assert recipe_args(tmp_path, "max_steps: 3\n").max_steps == 3
+    merged = recipe_args(tmp_path, "<<: {seed: 1, max_steps: 3}\nseed: 2\n")
+    assert (merged.seed, merged.max_steps) == (2, 3)  # explicit keys override merged ones, not "given twice"
+
+
 def test_recipe_values_are_converted_as_flags_are(tmp_path):
     args = recipe_args(tmp_path, "max_tokens: 5B\ncompile: yes\ndata_prefixes: train_x\nval_data_dir: null\n"
                                  "learning_rate: 3e-4\ndata_weights: 2\n")

@@ -158,3 +158,25 @@ def test_a_failure_on_rank_zero_alone_stops_every_rank(data_dir, tmp_path):  # n
     assert proc.returncode == 1, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "metrics.csv" in errors[0] and "Traceback" not in err
+
+
+def test_a_stop_while_start_up_is_held_in_cpp_still_ends_the_rank(tmp_path):
+    """Once in three, Ctrl-C during a 2-process start-up hung both ranks for good: a TCPStore connect retries in
+    C++ through EINTR, so the Python handler never ran. A C call that holds the main thread alike (the GIL
+    released, signals not checked) stands in for it here."""
+    code = ("import hashlib, sys; from pathlib import Path\n"
+            "from lit_gpt.distributed import stop_early_on_signals\n"
+            "stop_early_on_signals(True, cleanup=lambda: Path(sys.argv[1]).touch(), grace=1)\n"
+            "print('ready', flush=True)\n"
+            "hashlib.pbkdf2_hmac('sha256', b'p', b's', 10 ** 9)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cleaned")], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (143, "error: stopped by SIGTERM during start-up, before the first step: "
+                                           "nothing was saved\n")
+    assert (tmp_path / "cleaned").exists()

@@ -110,3 +110,19 @@ def test_script_runs(runs):
                                text=True, check=True).stdout
     for flag in ("--scratch", "--grown", "--at_loss", "--column", "--smooth", "--add_base_flops", "--json"):
         assert flag in help_text
+
+
+def test_warnings_for_a_bound_set_by_logging_and_for_one_run_twice(tmp_path, capsys):
+    """A grown run already below the target at its first row "reached" it there, whatever its logging interval;
+    the report said "the base model's FLOPs counted" right after warning that they were not."""
+    rows = {"a": [(1, 5.0), (2, 4.9)], "b": [(1, 3.0), (2, 2.9)]}
+    for name, losses in rows.items():
+        with open(tmp_path / f"{name}.csv", "w") as f:
+            f.write("step,tokens,flops,val_loss\n")
+            f.writelines(f"{s},{100 * s},{1e6 * s},{loss}\n" for s, loss in losses)
+    assert sp.main(["--scratch", str(tmp_path / "a.csv"), "--grown", str(tmp_path / "b.csv")]) == 0
+    out, err = capsys.readouterr()
+    assert "the grown run is at val_loss 4.9000 already at its first logged point (step 1)" in err
+    assert "no base model's FLOPs in the grown run's log" in out and "FLOPs counted" not in out
+    assert sp.main(["--scratch", str(tmp_path / "a.csv"), "--grown", str(tmp_path / "a.csv")]) == 0
+    assert "--scratch and --grown are the same run" in capsys.readouterr().err

@@ -153,7 +153,7 @@ def test_grow_bad_input_writes_nothing(tmp_path, capsys):
     (tmp_path / "base" / "lit_config.json").rename(tmp_path / "corrupt" / "lit_config.json")
     small_config("gqa", n_layer=4).to_json(target)
     assert_refused(*grow_cli(capsys, "--src", tmp_path / "corrupt", "--target", target, "--out", tmp_path / "o",
-                             "--op", "stack"), "cannot read")
+                             "--op", "stack"), "lit_model.pth is not a torch checkpoint")
     assert not (tmp_path / "o").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     (tmp_path / "o").mkdir()

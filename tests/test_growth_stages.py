@@ -86,6 +86,10 @@ def test_a_stage_failing_at_run_time_gives_its_own_error_and_where(tmp_path, cap
     err = capfd.readouterr().err.splitlines()
     assert len(err) == 2 and err[0].startswith("error: ") and "no-data" in err[0], err
     assert err[1].startswith("(from the train of stage 'small', exit 1;") and "error" not in err[1], err
+    # the stage made nothing, so a fixed recipe is no "change" that needs --force (here: fixed wrongly again)
+    path = recipe(tmp_path, tmp_path / "still-no-data", [{"name": "small", "model_name": "2L128H"}])
+    assert main([str(path)]) == 1
+    assert "still-no-data" in capfd.readouterr().err.splitlines()[0]
 
 
 def test_gradual_stacking_runs_every_stage_and_carries_flops_and_data(tmp_path, data_dir, capsys):  # noqa: F811
