@@ -341,13 +341,17 @@ class LitGPTLM(TemplateLM):
 
         # longest first: the first batch shows the memory peak at once, and padding inside a batch stays small
         row_order = sorted(range(len(rows)), key=lambda r: (-len(rows[r]), rows[r]))
-        pbar = tqdm(total=len(live), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
-        for start in range(0, len(row_order), self.batch_size):
-            batch = row_order[start:start + self.batch_size]
-            self._score_batch(batch, rows, members, inputs, conts, requests, results)
-            pbar.update(sum(len(members[r]) for r in batch))
-        pbar.close()
+        with self._progress(len(live), "Running loglikelihood requests", disable_tqdm) as pbar:
+            for start in range(0, len(row_order), self.batch_size):
+                batch = row_order[start:start + self.batch_size]
+                self._score_batch(batch, rows, members, inputs, conts, requests, results)
+                pbar.update(sum(len(members[r]) for r in batch))
         return results  # type: ignore[return-value]
+
+    def _progress(self, total: int, desc: str, disable: bool) -> tqdm:
+        """A progress bar on rank 0 and a terminal only (in a log file it would run into the error line); used as a
+        context manager, so an interrupted bar ends its line before the `error:` line."""
+        return tqdm(total=total, desc=desc, disable=True if disable or self.rank != 0 else None)
 
     @torch.inference_mode()
     def _score_batch(self, batch, rows, members, inputs, conts, requests, results) -> None:
@@ -440,17 +444,16 @@ class LitGPTLM(TemplateLM):
         for item in items:
             groups.setdefault((len(item[1]), item[2], item[3]), []).append(item)
         results: List[str] = [""] * len(requests)
-        pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running generate_until requests")
-        for key in sorted(groups, key=lambda k: -k[0]):
-            group = groups[key]
-            for start in range(0, len(group), self.batch_size):
-                chunk = group[start:start + self.batch_size]
-                texts = self._greedy([c[1] for c in chunk], list(key[1]), key[2])
-                for (i, _, _, _), text in zip(chunk, texts, strict=True):
-                    results[i] = text
-                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                pbar.update(len(chunk))
-        pbar.close()
+        with self._progress(len(requests), "Running generate_until requests", disable_tqdm) as pbar:
+            for key in sorted(groups, key=lambda k: -k[0]):
+                group = groups[key]
+                for start in range(0, len(group), self.batch_size):
+                    chunk = group[start:start + self.batch_size]
+                    texts = self._greedy([c[1] for c in chunk], list(key[1]), key[2])
+                    for (i, _, _, _), text in zip(chunk, texts, strict=True):
+                        results[i] = text
+                        self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                    pbar.update(len(chunk))
         return results
 
     @torch.inference_mode()

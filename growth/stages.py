@@ -179,13 +179,17 @@ def changes(step: Step) -> Optional[str]:
     """What the recipe now gives `step`'s stage that differs from what its outputs were made with, or None when
     it matches, the stage has made nothing yet (no grown model, no checkpoint: it never ran, or failed before
     its first step), or it ran before records were kept."""
-    if not step.record_file.is_file() or not _made_anything(step):
+    train_dir, *grown = step.outputs
+    trained = train_dir.is_dir() and any(p.name == "final" or p.name.startswith("step-") for p in train_dir.iterdir())
+    if not step.record_file.is_file() or not (trained or any(p.exists() for p in grown)):
         return None
     try:
         ran = json.loads(step.record_file.read_text())
     except (ValueError, UnicodeDecodeError):
         return f"its {step.record_file} is unreadable"
     now = json.loads(json.dumps(step.record))  # tuples as lists, as read back
+    if not trained:  # only a grown model so far, which does not depend on the training settings
+        ran, now = ({k: v for k, v in record.items() if k != "train"} for record in (ran, now))
     if ran == now:
         return None
     found = []
@@ -197,13 +201,6 @@ def changes(step: Step) -> Optional[str]:
         source = now.get("source") or {}
         found.append(f"its source stage {source['stage']!r} changed" if "stage" in source else "its source changed")
     return ", ".join(found) or "its record differs"
-
-
-def _made_anything(step: Step) -> bool:
-    """Whether the stage holds outputs that a changed recipe would make stale: its grown model or a checkpoint."""
-    train_dir, *grown = step.outputs
-    made = [p.name for p in train_dir.iterdir()] if train_dir.is_dir() else []
-    return any(p.exists() for p in grown) or any(n == "final" or n.startswith("step-") for n in made)
 
 
 def _show(values: Dict[str, Any], key: str) -> str:
@@ -270,9 +267,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"stage {step.stage!r} stopped before its end and its job was requeued; the next run of this "
                       "recipe resumes it", flush=True)
                 return
-            if code > 128:
-                print(f"error: {step.kind} of stage {step.stage!r} was stopped by signal {code - 128} after saving; "
-                      "rerun the recipe to resume it (finished stages are skipped)", file=sys.stderr)
+            if code > 128:  # the stage said what it saved, if anything: say only where it came from
+                print(f"(the {step.kind} of stage {step.stage!r} was stopped by signal {code - 128}; rerunning the "
+                      "recipe resumes it and skips the finished stages)", file=sys.stderr)
             elif code != 0:  # the stage printed its own error line: say only where it came from
                 print(f"(from the {step.kind} of stage {step.stage!r}, exit {code}; once it is fixed, rerunning the "
                       "recipe skips the finished stages)", file=sys.stderr)

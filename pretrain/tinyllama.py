@@ -42,7 +42,7 @@ from lit_gpt.convert import expected_shapes  # noqa: E402
 from lit_gpt.data_record import DataTokenizer, check_training_data  # noqa: E402
 from lit_gpt.distributed import (Agreement, RankFailure, Stopped, StoppedEarly, Watchdog,  # noqa: E402
                                  check_slurm_layout, externally_launched, launch_local, launch_rank, on_rank_zero,
-                                 stop_early_on_signals, stop_reported)
+                                 STOP_SIGNALS, stop_early_on_signals, stop_reported)
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
 from lit_gpt.kernels import describe  # noqa: E402
 from lit_gpt.materialize import open_weights  # noqa: E402
@@ -318,7 +318,13 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         agreement.attempt(logger.close)
     agreement.check(fabric)  # a failure of rank 0's last metrics row or pruning is not lost
     watchdog.phase(None)
+    ignore_stop_signals()  # final/ is written: a stop from now on must not turn the finished run into a failure
     log(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}")
+
+
+def ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def progress_printer(rank: int):
@@ -432,6 +438,7 @@ def run(argv=None) -> int:
         fabric, strategy_name = make_fabric(args)
         started = True
         fabric.launch(main, args, config, strategy_name)
+        ignore_stop_signals()  # again: Lightning's teardown may have put back the default handlers
         return 0
 
     def report(message: str) -> None:

@@ -21,7 +21,7 @@ if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, find_latest, write_weights  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.files import check_writable_target  # noqa: E402
+from lit_gpt.files import check_writable_target, missing  # noqa: E402
 from lit_gpt.utils import CheckpointError  # noqa: E402
 
 def main(argv=None) -> int:
@@ -41,6 +41,8 @@ def checkpoint_in(checkpoint_dir: Path) -> Path:
     Raises:
         CheckpointError: neither (one line naming `checkpoint_dir`).
     """
+    if why := missing(checkpoint_dir, "directory"):
+        raise CheckpointError(f"--checkpoint_dir {checkpoint_dir}: {why}")
     if (checkpoint_dir / "meta.json").is_file():
         return checkpoint_dir
     latest = find_latest(checkpoint_dir) if checkpoint_dir.is_dir() else None

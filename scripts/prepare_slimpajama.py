@@ -109,6 +109,9 @@ class ZstdFrames(io.RawIOBase):
         return b"".join(out)
 
 
+MALFORMED_IN = "malformed in "  # + a file's path: its count of malformed lines, for the summary to name it
+
+
 def read_texts(path: Path, stats: Counter) -> Iterator[str]:
     """The `text` of each usable row; GitHub rows and malformed lines are counted in `stats` and skipped.
 
@@ -128,10 +131,12 @@ def read_texts(path: Path, stats: Counter) -> Iterator[str]:
                     raise PrepareError(f"{path}: truncated: its last line has no newline and is not valid JSON "
                                        "(an interrupted download or copy?); get a complete copy") from None
                 stats["malformed"] += 1
+                stats[MALFORMED_IN + str(path)] += 1
                 continue
             text = row.get("text") if isinstance(row, dict) else None
             if not isinstance(text, str):
                 stats["malformed"] += 1
+                stats[MALFORMED_IN + str(path)] += 1
                 continue
             meta = row.get("meta")
             if isinstance(meta, dict) and meta.get("redpajama_set_name") == "RedPajamaGithub":
@@ -316,6 +321,7 @@ def prepare(source_path: Path, tokenizer_path: Path, destination_path: Path, spl
             "processes": len(shares), "seconds": time.perf_counter() - start,
             **{key: totals[key] for key in ("documents", "tokens_encoded", "tokens_written", "github_skipped",
                                             "malformed", "files_written", "max_token_id")},
+            "malformed_files": {k[len(MALFORMED_IN):]: v for k, v in totals.items() if k.startswith(MALFORMED_IN)},
             "tokens_dropped": totals["tokens_encoded"] - totals["tokens_written"]}
 
 
@@ -343,7 +349,17 @@ def summary(stats: Dict) -> str:
             f"tokenised by {stats['processes']} processes in {stats['seconds']:.1f} s; "
             f"{stats['tokens_written']:,} tokens written to {stats['files_written']} files in "
             f"{stats['destination']} ({stats['tokens_dropped']:,} tokens of unfinished last blocks dropped); "
-            f"skipped {stats['github_skipped']:,} RedPajamaGithub rows and {stats['malformed']:,} malformed lines.")
+            f"skipped {stats['github_skipped']:,} RedPajamaGithub rows and {stats['malformed']:,} malformed lines"
+            + _where(stats.get("malformed_files") or {}) + ".")
+
+
+def _where(counts: Dict[str, int]) -> str:
+    """The files that held malformed lines, most first (three at most)."""
+    if not counts:
+        return ""
+    worst = sorted(counts.items(), key=lambda item: -item[1])
+    shown = ", ".join(f"{n:,} in {path}" for path, n in worst[:3])
+    return f" ({shown}{f', and {len(worst) - 3} more files' if len(worst) > 3 else ''})"
 
 
 def main(argv=None) -> int:

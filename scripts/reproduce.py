@@ -230,6 +230,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(local_note)
     print(f"resources: {nodes} node{'s' if nodes > 1 else ''} x {gpus} GPU{'s' if gpus > 1 else ''} per training job; "
           f"outputs under {root}/")
+    if Path.cwd().resolve() != ROOT:
+        print(f"the commands below run from the repository root, {ROOT} (cd there to run one by hand)")
     print(f"GPU-hours assume MFU {args.mfu:g} of {_sci(args.gpu_flops)} FLOP/s per GPU"
           + (" (ASSUMED: no MFU measured on a GPU for this code yet; H100 bf16 dense peak)"
              if (args.mfu, args.gpu_flops) == (DEFAULT_MFU, DEFAULT_PEAK) else " (given)")

@@ -163,10 +163,12 @@ def test_a_failure_on_rank_zero_alone_stops_every_rank(data_dir, tmp_path):  # n
 def test_a_stop_while_start_up_is_held_in_cpp_still_ends_the_rank(tmp_path):
     """Once in three, Ctrl-C during a 2-process start-up hung both ranks for good: a TCPStore connect retries in
     C++ through EINTR, so the Python handler never ran. A C call that holds the main thread alike (the GIL
-    released, signals not checked) stands in for it here."""
-    code = ("import hashlib, sys; from pathlib import Path\n"
+    released, signals not checked) stands in for it here; the Python handler, which would run if the signal came
+    before that call, is made a no-op so that only the watcher thread can end the process."""
+    code = ("import hashlib, signal, sys; from pathlib import Path\n"
             "from lit_gpt.distributed import stop_early_on_signals\n"
             "stop_early_on_signals(True, cleanup=lambda: Path(sys.argv[1]).touch(), grace=1)\n"
+            "signal.signal(signal.SIGTERM, lambda signum, frame: None)\n"
             "print('ready', flush=True)\n"
             "hashlib.pbkdf2_hmac('sha256', b'p', b's', 10 ** 9)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cleaned")], cwd=ROOT, text=True,

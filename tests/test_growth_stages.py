@@ -92,6 +92,26 @@ def test_a_stage_failing_at_run_time_gives_its_own_error_and_where(tmp_path, cap
     assert "still-no-data" in capfd.readouterr().err.splitlines()[0]
 
 
+def test_a_grown_model_is_not_stale_when_only_its_training_settings_change(tmp_path):
+    """A stage that grew its model and failed before its first step (bad training data) was "changed" once the data
+    was fixed, and needed --force, though nothing it had made depended on the data."""
+    from growth.stages import changes, load_recipe
+
+    def steps(data, op="stack"):
+        return plan(load_recipe(recipe(tmp_path, tmp_path / "data", [
+            {"name": "a", "model_name": "2L128H"},
+            {"name": "b", "model_name": "4L128H", "grow": {"op": op}, "train_data_dir": str(data)}])))[1:]
+
+    grow, train = steps(tmp_path / "bad-data")
+    grow.outputs[1].mkdir(parents=True)  # b-grown exists, b/ holds only its record
+    grow.outputs[0].mkdir()
+    grow.record_file.write_text(json.dumps(grow.record))
+    assert changes(steps(tmp_path / "data")[1]) is None
+    (train.outputs[0] / "step-00000001").mkdir()  # once it has trained, the data it trained on matters
+    assert "train_data_dir" in changes(steps(tmp_path / "data")[1])
+    assert "grow.op" in changes(steps(tmp_path / "bad-data", op="zero-depth")[0])
+
+
 def test_gradual_stacking_runs_every_stage_and_carries_flops_and_data(tmp_path, data_dir, capsys):  # noqa: F811
     for n_layer in (1, 2, 4):
         Config(**{**MODEL, "n_layer": n_layer}).to_json(tmp_path / f"{n_layer}L.json")

@@ -121,6 +121,10 @@ def test_prepare_two_processes(source, tokenizer_dir, tmp_path):
     stats = prep.prepare(source, tokenizer_dir, tmp_path, "train", chunk_size=32, num_processes=2, block_size=8,
                          progress=False)
     assert (stats["processes"], stats["documents"], stats["github_skipped"], stats["malformed"]) == (2, 7, 1, 2)
+    # each malformed line's file is named, whichever process read it
+    assert stats["malformed_files"] == {str(source / "train/chunk1/example_train_0.jsonl.zst"): 1,
+                                        str(source / "train/chunk2/sub/example_train_1.jsonl.zst"): 1}
+    assert "2 malformed lines (1 in " in prep.summary(stats)
     assert stats["tokens_dropped"] < 2 * 8
     shares = prep.split_by_size(prep.find_files(source, "train"), 2)
     for proc, share in enumerate(shares):
