@@ -14,6 +14,7 @@ from lit_gpt.checkpoint import consolidate_optimizer
 from lit_gpt.cli import ArgumentParser
 from lit_gpt.config import Config
 from lit_gpt.files import check_writable_target
+from lit_gpt.flops import base_accounting
 
 
 OPERATORS = sorted([*DEPTH_OPERATORS, "random-depth", *WIDTH_OPERATORS])
@@ -71,6 +72,7 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
         "width_masks": WIDTH_MASKS if WIDTH_MASKS in extra else None,
         "base_step": source.training.get("step"), "base_tokens": source.training.get("tokens"),
         "base_flops": source.training.get("flops"),
+        **base_accounting(source.config, source.training, tgt),
         "base_stream_tokens": source.training.get("stream_tokens", source.training.get("tokens")),
     }
     transform = (lambda key, tensor: noise_tensor(key, tensor, tgt, noise, generator)) if noise else None

@@ -46,7 +46,7 @@ def load_source(src: Path, config_name: Optional[str] = None) -> Source:
         config = Config.load(config_name) if config_name else Config.from_json(src / "lit_config.json")
         state = consolidate(src)
         check_masks_settled(src)
-        training = {k: meta[k] for k in ("step", "tokens", "flops") if k in meta}
+        training = {k: meta[k] for k in ("step", "tokens", "flops", "growth") if k in meta}
         training["stream_tokens"] = meta.get("skipped_tokens", 0) + meta.get("tokens", 0)
         return Source(src, config, state, _sha256_dir(src), training, _run_tokenizer(src, meta.get("hparams") or {}))
     if src.is_dir():
@@ -65,9 +65,20 @@ def load_source(src: Path, config_name: Optional[str] = None) -> Source:
     state = load_state_dict(weights)
     state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
     check_state_dict(state, expected_shapes(config), f"source {weights}")
-    training_file = directory / "training.json"
-    training = json.loads(training_file.read_text()) if training_file.is_file() else {}
-    return Source(weights, config, state, sha256_file(weights), training, directory)
+    return Source(weights, config, state, sha256_file(weights), _training(directory), directory)
+
+
+def _training(directory: Path) -> Dict[str, Any]:
+    """training.json beside weights ({step, tokens, flops, growth, ...}); for a grown model never trained, what
+    its growth.json says it cost (0 tokens of its own); {} when neither is there."""
+    training_file, growth_file = directory / "training.json", directory / "growth.json"
+    if training_file.is_file():
+        return json.loads(training_file.read_text())
+    if not growth_file.is_file():
+        return {}
+    record = json.loads(growth_file.read_text())
+    return {"tokens": 0, "flops": record.get("base_flops"), "stream_tokens": record.get("base_stream_tokens"),
+            "growth": record}
 
 
 def _run_tokenizer(step_dir: Path, hparams: Dict[str, Any]) -> Optional[Path]:

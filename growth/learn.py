@@ -314,7 +314,7 @@ def learn(src: Path, target: str, op: str, data: Path, out: Path, steps: int = 1
     """Loads the source, builds the operator at its init, fits it for `steps`, writes the materialised target."""
     from growth.io import load_source, write_grown
     from growth.layers import connection_rate, resolve
-    from lit_gpt.speed_monitor import flops_per_token
+    from lit_gpt.flops import base_accounting, flops_per_token
 
     _check_args(op, steps, lr, micro_batch_size, layers)
     tgt = Config.load(target)
@@ -341,6 +341,9 @@ def learn(src: Path, target: str, op: str, data: Path, out: Path, steps: int = 1
     block = block_size or tgt.block_size
     fit_flops = flops_per_token(tgt, block) * losses["tokens"]
     base_flops = source.training.get("flops")
+    accounting = base_accounting(source.config, source.training, tgt)
+    if accounting["base_scratch_tokens_paper"] is not None:  # the fit runs the target-sized model
+        accounting["base_scratch_tokens_paper"] += losses["tokens"]
     record = {
         "operator": op, "options": {"layers": (layers or "cyclic") if index_map else None, "seed": seed,
                                     "steps": steps, "lr": lr, "micro_batch_size": micro_batch_size,
@@ -352,6 +355,7 @@ def learn(src: Path, target: str, op: str, data: Path, out: Path, steps: int = 1
         # the operator's fit is compute spent before the continued run, so it counts as the base's
         "base_flops": fit_flops if base_flops is None else base_flops + fit_flops,
         "base_stream_tokens": source.training.get("stream_tokens", source.training.get("tokens")),
+        **accounting,
         "loss_before": losses["loss_before"], "loss_after": losses["loss_after"], "fit_tokens": losses["tokens"],
         "fit_flops": fit_flops,
     }

@@ -1,4 +1,4 @@
-"""FLOPs accounting, MFU, and the metrics a run writes (metrics.csv, TensorBoard, wandb, the log line)."""
+"""MFU, and the metrics a run writes (metrics.csv, TensorBoard, wandb, the log line); FLOPs: lit_gpt/flops.py."""
 
 import csv
 import io
@@ -10,24 +10,11 @@ from typing import Dict, Optional
 
 import torch
 
-from lit_gpt.config import Config, param_count
 from lit_gpt.files import write_text
 
 # dense bf16 peak of one device (no sparsity), FLOP/s; matched against torch.cuda.get_device_name()
 GPU_PEAK_BF16 = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "a10g": 125e12, "l40s": 362e12, "l4": 121e12,
                  "4090": 165e12, "3090": 71e12, "v100": 125e12}
-
-
-def flops_per_token(config: Config, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N for the matmul weights plus 6 L T d for causal attention scores.
-
-    N counts every parameter but the embedding lookup (the LM head is a matmul and counts); the
-    attention term is PaLM's 12 L T d halved for the causal mask. This is the C = 6 N D of the paper
-    (reference stacking-paper.md §5.4) with the attention work added, so FLOPs of runs with different
-    depths and widths (a base and its grown model) are comparable.
-    """
-    n = param_count(config) - config.padded_vocab_size * config.n_embd  # the embedding lookup does no matmul
-    return 6.0 * n + 6.0 * config.n_layer * seq_len * config.n_embd
 
 
 def device_peak_flops(device: torch.device) -> Optional[float]:

@@ -48,7 +48,8 @@ from lit_gpt.kernels import describe  # noqa: E402
 from lit_gpt.materialize import open_weights  # noqa: E402
 from lit_gpt.model import set_width_ramps  # noqa: E402
 from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
-from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, flops_per_token, format_duration  # noqa: E402,E501
+from lit_gpt.flops import flops_per_token  # noqa: E402
+from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, format_duration  # noqa: E402
 from lit_gpt.files import missing  # noqa: E402
 from lit_gpt.utils import check_state_dict  # noqa: E402
 from pretrain.parallel import growth_record, initial_weights_path, make_fabric, model_config, setup_model  # noqa: E402

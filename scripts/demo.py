@@ -40,7 +40,7 @@ from lit_gpt.cli import ArgumentParser  # noqa: E402
 from eval import speedup as sp  # noqa: E402
 from lit_gpt.config import Config, param_count  # noqa: E402
 from lit_gpt.files import check_keeps_inputs  # noqa: E402
-from lit_gpt.speed_monitor import flops_per_token  # noqa: E402
+from lit_gpt.flops import flops_per_token  # noqa: E402
 
 BASE, TARGET = "4L128H", "8L128H"
 BATCH, BLOCK = 16, 256

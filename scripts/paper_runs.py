@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lit_gpt.config import Config, param_count  # noqa: E402
-from lit_gpt.speed_monitor import flops_per_token  # noqa: E402
+from lit_gpt.flops import flops_per_token  # noqa: E402
 
 B = 10 ** 9
 SEQ = 2048

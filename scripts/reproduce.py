@@ -25,7 +25,7 @@ the disk space for the checkpoints the runs keep are there (--skip_checks to ski
 --account, --qos and --time go to every job; the exit code of a local run is the failing stage's (128 + N: it was
 stopped by signal N after saving; rerun to resume).
 
-Budgets: FLOPs = lit_gpt.speed_monitor.flops_per_token(config, the family's sequence length) x tokens (6 N + 6 L T d per token, what
+Budgets: FLOPs = lit_gpt.flops.flops_per_token(config, the family's sequence length) x tokens (6 N + 6 L T d per token, what
 metrics.csv and MFU use). A grown run's compute includes its base's, C = C_base + C_grown (paper §5.4). Tokens are
 given in both accountings: the paper's, where a base of d tokens costs d/g target tokens (g = the growth factor in
 non-embedding parameters), and the exact one, C / flops_per_token(target), which is larger because embeddings and

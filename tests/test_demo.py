@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import ROOT
 
 from lit_gpt import Config
-from lit_gpt.speed_monitor import flops_per_token
+from lit_gpt.flops import flops_per_token
 
 spec = importlib.util.spec_from_file_location("demo", ROOT / "scripts" / "demo.py")
 demo = importlib.util.module_from_spec(spec)
