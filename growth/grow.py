@@ -18,18 +18,32 @@ from lit_gpt.flops import base_accounting
 
 
 OPERATORS = sorted([*DEPTH_OPERATORS, "random-depth", *WIDTH_OPERATORS])
+RANDOM_INIT_OPERATORS = ("random-depth", "random-width", "zero-width")  # the ones that draw new random parameters
 WIDTH_MASKS = "growth_masks.pth"  # random-width's output masks, read by pretrain/tinyllama.py
 
 
 def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noise: float = 0.0, seed: int = 3407,
          force: bool = False, src_config: Optional[str] = None, safetensors: bool = False,
-         carry_optimizer: bool = False, split: str = "even") -> dict:
+         carry_optimizer: bool = False, split: str = "lemon", init: Optional[str] = None,
+         clone_noise: float = 0.0) -> dict:
+    """Grows `src` into `target` with `op` and writes it to `out`; returns the growth.json record. `init` (None:
+    "upstream") is only for RANDOM_INIT_OPERATORS, `clone_noise` only for hyperclone, `split` for direct-width.
+
+    Raises:
+        ValueError: one line, before anything is written: an unknown operator, an option the operator does not
+            take, a target it cannot grow to.
+    """
     if op not in OPERATORS:
         raise ValueError(f"unknown operator {op!r}; available: {', '.join(OPERATORS)}")
     if op == "random-depth" and layers != "cyclic":
         raise ValueError("random-depth keeps the source layers in place and adds new ones on top; drop --layers")
     if op in WIDTH_OPERATORS and (layers != "cyclic" or carry_optimizer):
         raise ValueError(f"{op} grows the width and keeps the depth; --layers and --carry_optimizer do not apply")
+    if init is not None and op not in RANDOM_INIT_OPERATORS:
+        raise ValueError(f"--init sets the init of new random parameters, which only {', '.join(RANDOM_INIT_OPERATORS)}"
+                         f" create; {op} creates none, drop --init")
+    if clone_noise and op != "hyperclone":
+        raise ValueError(f"--clone_noise is hyperclone's noisy variant; {op} does not take it")
     check_noise(noise)
     tgt = Config.load(target)
     check_writable_target(out, force, inputs={"--src": src}, what=f"--out_dir {out}")  # before the reading
@@ -46,14 +60,16 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
                          f"{source.config.padded_vocab_size}: growth keeps the vocabulary")
     generator = torch.Generator().manual_seed(seed)
     masked_layers, extra = [], {}
+    # the operator's own options, under the names growth.json records
+    options = ({"split": split} if op == "direct-width" else {"clone_noise": clone_noise} if op == "hyperclone"
+               else {"init": init or "upstream"} if op in RANDOM_INIT_OPERATORS else {})
     if op in WIDTH_OPERATORS:
-        options = {"split": split} if op == "direct-width" else {}
         state = WIDTH_OPERATORS[op](source.config, source.state, tgt, generator, **options)
         index_map, rate = None, None
         if op == "random-width":
             extra[WIDTH_MASKS] = random_width_masks(source.config, tgt)
     elif op == "random-depth":
-        state = random_depth(source.config, source.state, tgt, generator, copy=False)
+        state = random_depth(source.config, source.state, tgt, generator, copy=False, **options)
         masked_layers = random_depth_masked_layers(source.config, tgt)
         index_map = [j if j < source.config.n_layer else None for j in range(tgt.n_layer)]
         rate = None
@@ -65,8 +81,7 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
         extra["optimizer_moments.pth"] = {"step": moments["step"],
                                           **{k: map_moments(moments[k], index_map) for k in ("exp_avg", "exp_avg_sq")}}
     record = {
-        "operator": op, "options": {"layers": layers, "noise": noise, "seed": seed,
-                                    **({"split": split} if op == "direct-width" else {})},
+        "operator": op, "options": {"layers": layers, "noise": noise, "seed": seed, **options},
         "source": {"path": str(source.path.resolve()), "sha256": source.sha256, "config": source.config.name},
         "target": tgt.name, "index_map": index_map, "connection_rate": rate, "masked_layers": masked_layers,
         "width_masks": WIDTH_MASKS if WIDTH_MASKS in extra else None,
@@ -90,8 +105,18 @@ def main(argv=None) -> int:
     p.add_argument("--op", required=True, help=f"operator: {', '.join(OPERATORS)}")
     p.add_argument("--layers", default="cyclic", help="layer map for depth growth: cyclic (default), interleave, "
                    "solar:K, the paper's notation (12-3456*5-56) or ranges ((1-12)*2); see python -m growth layers")
-    p.add_argument("--split", choices=["even", "lemon"], default="even",
-                   help="direct-width: fan-in split of duplicated units, 1/(c+1) each or LEMON's uneven (default even)")
+    p.add_argument("--split", choices=["even", "lemon"], default="lemon",
+                   help="direct-width: fan-in split of duplicated units: lemon (default; LEMON's uneven split, the "
+                   "paper's) or even (1/(c+1) each, the released code; copies then stay equal to their originals "
+                   "through training)")
+    p.add_argument("--init", choices=["upstream", "official"], default=None,
+                   help=f"{', '.join(RANDOM_INIT_OPERATORS)}: init of the new random parameters: upstream (default, "
+                   "TinyLlama's: N(0, 2/(5 n_embd)), attn.proj and w3 1/(sqrt(n_embd) n_layer)) or official (the "
+                   "paper's released code: N(0, 2/(5 fan_in)), w3 1/(sqrt(fan_in) n_layer), attn.proj not down-scaled)")
+    p.add_argument("--clone_noise", type=float, default=0.0, metavar="STD",
+                   help="hyperclone: noisy function-preserving variant: block (i, j) of each Linear is W/k + N_ij "
+                   "with sum_j N_ij = 0 and N's std STD x the std of W/k, so copies can diverge (default 0: the "
+                   "symmetric variant, whose copies stay equal)")
     p.add_argument("--noise", type=float, default=0.0, help="alpha of W <- (1-alpha) W + alpha eps (default 0)")
     p.add_argument("--seed", type=int, default=3407, help="seed of the noise (default 3407)")
     p.add_argument("--out_dir", "--out", type=Path, required=True,
@@ -106,7 +131,7 @@ def main(argv=None) -> int:
 
     def run() -> None:
         record = grow(args.src, args.target, args.op, args.out_dir, args.layers, args.noise, args.seed, args.force,
-                      args.src_config, args.safetensors, args.carry_optimizer, args.split)
+                      args.src_config, args.safetensors, args.carry_optimizer, args.split, args.init, args.clone_noise)
         rate = record["connection_rate"]
         print(f"grew {record['source']['config']} -> {record['target']} with {record['operator']}"
               + (f": R_c = {rate:.1%}" if rate is not None else "") + f"; wrote {args.out_dir}")

@@ -107,10 +107,13 @@ def zero_depth(src: Config, state: State, tgt: Config, index_map: Sequence[int],
     return out
 
 
-def random_depth(src: Config, state: State, tgt: Config, generator: torch.Generator, copy: bool = True) -> State:
+def random_depth(src: Config, state: State, tgt: Config, generator: torch.Generator, copy: bool = True,
+                 init: str = "upstream") -> State:
     """G↑random (MSG-style), paper App. A.1.4 and A.5: source layers keep positions 0..l-1, layers l..L-1 are
-    new and freshly initialised (upstream's init for the target), and their residual branches are scaled
-    by a mask c ramped 0 -> 1 during training: Y = X + c MHA(RMSNorm(X)), Y = X + c SwiGLU(RMSNorm(X)).
+    new and freshly initialised for the target under the scheme `init` (`lit_gpt.model.init_std`: "upstream",
+    TinyLlama's, or "official", the paper's released code, reference stacking-paper.md §2), and their residual
+    branches are scaled by a mask c ramped 0 -> 1 during training: Y = X + c MHA(RMSNorm(X)),
+    Y = X + c SwiGLU(RMSNorm(X)).
 
     At c = 0 the grown model computes the source's function exactly. The new layers are listed by
     `random_depth_masked_layers`; `pretrain/tinyllama.py` ramps their mask over --mask_ramp_steps.
@@ -124,7 +127,7 @@ def random_depth(src: Config, state: State, tgt: Config, generator: torch.Genera
         block = Block(tgt)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
-            block.apply(lambda m: init_weights(m, tgt.n_embd, tgt.n_layer))
+            block.apply(lambda m: init_weights(m, tgt.n_embd, tgt.n_layer, init))
         for suffix, tensor in block.state_dict().items():
             out[f"transformer.h.{j}.{suffix}"] = tensor.to(out[f"transformer.h.{j}.{suffix}"].dtype)
     return out

@@ -49,7 +49,7 @@ from lit_gpt.files import write_text
 from pretrain.train_args import TrainArgs
 
 ROOT = Path(__file__).resolve().parents[1]
-GROW_KEYS = {"op", "layers", "noise", "seed", "split", "src"}
+GROW_KEYS = {"op", "layers", "noise", "seed", "split", "init", "clone_noise", "src"}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainArgs)}
 # how a stage runs, not what it computes: changing these after a stage ran does not make it stale
 RUN_ONLY_KEYS = {"devices", "num_nodes", "strategy", "compile", "activation_checkpointing", "collective_timeout",

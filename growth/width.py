@@ -12,9 +12,11 @@ comes from (an index) or by -1 (a new unit):
   (the released code's scrambling, reference stacking-paper.md §3.2 caveat);
 * FFN units (size intermediate_size): the first f target units are the source units.
 
-Initialisation of new entries follows `lit_gpt.model.GPT._init_weights` at the target size: N(0, 2 / (5 D)) for the
-embedding and every Linear, N(0, (1 / (sqrt(D) L))^2) for `attn.proj` and `swiglu.w3`, zeros for biases, ones for
-norm weights (D = target n_embd, L = n_layer).
+New entries of G→zero and G→random are drawn at the target size under the scheme `init` (`lit_gpt.model.init_std`):
+"upstream" (default) N(0, 2 / (5 D)) for the embedding and every Linear, N(0, (1 / (sqrt(D) L))^2) for `attn.proj`
+and `swiglu.w3`; "official" (the paper's released code, reference stacking-paper.md §2) N(0, 2 / (5 fan_in)) for
+every Linear and the embedding, N(0, (1 / (sqrt(F) L))^2) for `swiglu.w3`, `attn.proj` not down-scaled. Zeros for
+biases, ones for norm weights (D = target n_embd, F = intermediate_size, L = n_layer, fan_in = a weight's last dim).
 """
 
 import math
@@ -24,6 +26,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from lit_gpt.config import Config
+from lit_gpt.model import init_std
 
 State = Dict[str, torch.Tensor]
 Units = Dict[str, Tuple[torch.Tensor, int]]  # axis -> (source unit of each target unit or -1, positions per unit)
@@ -47,7 +50,6 @@ _TENSORS = {
     "mlp.swiglu.w3.weight": (("hidden", "ffn"), 0),
     "mlp.swiglu.w3.bias": (("hidden",), 0),
 }
-_RESIDUAL_OUT = ("attn.proj.weight", "mlp.swiglu.w3.weight")
 _GROWN = ("n_embd", "n_head", "n_query_groups", "intermediate_size")
 _KEPT = ("vocab_size", "padded_vocab_size", "n_layer", "bias", "parallel_residual", "shared_attention_norm",
          "rotary_percentage", "rope_base", "condense_ratio", "_mlp_class")
@@ -138,20 +140,19 @@ def _split(unit_map: torch.Tensor, n_old: int, split: str, std: float, generator
 
 
 def _grow(src: Config, state: State, tgt: Config, units: Units, generator: torch.Generator, *, mode: str,
-          split: str = "even", norm_scale: float = 1.0, stream_scale: float = 1.0) -> State:
+          split: str = "even", norm_scale: float = 1.0, stream_scale: float = 1.0, init: str = "upstream") -> State:
     """Builds every target tensor from the unit maps.
 
     mode "copy" (every target unit has a source unit): W'[i', j'] = W[map(i'), map(j')] * coef(j') on the fan-in
     dim j' (coefficients from `_split`), norm weights norm_scale * mu[map], biases copied.
-    modes "zero"/"random": old entries copied into their places, new entries at the target's init; "zero" also
-    zeroes every new-fan-out x old-fan-in entry. Norm weights [norm_scale * mu, 1], new bias entries 0. The copied
-    entries of the tensors that write the residual stream (embedding, attn.proj, swiglu.w3, their biases) are
-    multiplied by stream_scale.
+    modes "zero"/"random": old entries copied into their places, new entries drawn at the target's size under the
+    init scheme `init` (`lit_gpt.model.init_std`); "zero" also zeroes every new-fan-out x old-fan-in entry. Norm
+    weights [norm_scale * mu, 1], new bias entries 0. The copied entries of the tensors that write the residual
+    stream (embedding, attn.proj, swiglu.w3, their biases) are multiplied by stream_scale.
     """
     check_width_growth(src, tgt)
     check_source_state(src, state)
-    d_std = math.sqrt(2.0 / 5 / tgt.n_embd)
-    r_std = 1.0 / math.sqrt(tgt.n_embd) / tgt.n_layer
+    lemon_std = 1.0 / math.sqrt(tgt.n_embd) / tgt.n_layer
     n_old = {a: n // units[a][1] for a, n in _sizes(src).items()}
     pos = {a: _positions(*u) for a, u in units.items()}
     out = {}
@@ -172,10 +173,10 @@ def _grow(src: Config, state: State, tgt: Config, units: Units, generator: torch
         elif mode == "copy":
             fan_in = 1 - fan_out
             unit_map, size = units[axes[fan_in]]
-            coef = _split(unit_map, n_old[axes[fan_in]], split, r_std, generator).repeat_interleave(size)
+            coef = _split(unit_map, n_old[axes[fan_in]], split, lemon_std, generator).repeat_interleave(size)
             res = copied * (coef[None, :] if fan_in == 1 else coef[:, None])
         else:
-            std = r_std if name in _RESIDUAL_OUT else d_std
+            std = init_std(name, old.shape[-1], tgt.n_embd, tgt.n_layer, init)
             res = torch.where(old, copied, torch.randn(old.shape, generator=generator) * std)
             if mode == "zero":
                 new_out, old_in = ~(idx[fan_out] >= 0), idx[1 - fan_out] >= 0
@@ -195,12 +196,13 @@ def _fresh_units(src: Config, tgt: Config) -> Units:
                   _new(tgt.intermediate_size - src.intermediate_size))
 
 
-def zero_width(src: Config, state: State, tgt: Config, generator: torch.Generator, *, exact_eps: bool = True) -> State:
+def zero_width(src: Config, state: State, tgt: Config, generator: torch.Generator, *, exact_eps: bool = True,
+               init: str = "upstream") -> State:
     """G→zero, paper App. A.1.3 and A.4 Eqs. 12-19 (reference stacking-paper.md §3.4): exactly function preserving.
 
-    Every matrix becomes W' = [[W, A], [O, C]] (rows = fan-out, old units first): A and C random (init
-    distributions), O = 0. The embedding is E' = [E, O], so new hidden dims start at 0 and stay 0 through every
-    block: new heads read q = k = v = 0 (their output is 0), new FFN units read w1 x = w2 x = 0 (silu(0) * 0 = 0),
+    Every matrix becomes W' = [[W, A], [O, C]] (rows = fan-out, old units first): A and C random (the init scheme
+    `init`, module docstring), O = 0. The embedding is E' = [E, O], so new hidden dims start at 0 and stay 0 through
+    every block: new heads read q = k = v = 0 (their output is 0), new FFN units read w1 x = w2 x = 0 (silu(0) * 0 = 0),
     so A never sees a non-zero input and the zero O blocks of attn.proj / swiglu.w3 keep the new dims at 0.
     New attention units are whole new groups (q heads, k, v and their proj columns); new FFN units have w1/w2
     rows [0, random] and random w3 columns. Note that new FFN units get zero gradient on their old-input weights
@@ -219,19 +221,28 @@ def zero_width(src: Config, state: State, tgt: Config, generator: torch.Generato
     units = _fresh_units(src, tgt)
     alpha = math.sqrt(src.n_embd / tgt.n_embd)
     return _grow(src, state, tgt, units, generator, mode="zero", norm_scale=alpha,
-                 stream_scale=1.0 / alpha if exact_eps else 1.0)
+                 stream_scale=1.0 / alpha if exact_eps else 1.0, init=init)
 
 
-def random_width(src: Config, state: State, tgt: Config, generator: torch.Generator) -> State:
+def random_width(src: Config, state: State, tgt: Config, generator: torch.Generator, *, exact_eps: bool = True,
+                 init: str = "upstream") -> State:
     """G→random, paper App. A.1.4 and A.5 Eqs. 20-36 (reference §3.5): old weights in place, everything new random.
 
-    E' = [E, E_rand], W' = [[W, A], [B, C]] with A, B, C at the init distributions, RMSNorm mu' = [sqrt(d/D) mu, 1],
-    new biases 0. The result is function preserving only with the output masks of `random_width_masks` applied and
-    at 0 (then new hidden dims, new heads and new FFN units are 0 as in `zero_width`, exact up to the norm eps as
-    explained there); the masks are ramped 0 -> 1 by the training loop.
+    E' = [E, E_rand], W' = [[W, A], [B, C]] with A, B, C drawn under the init scheme `init` (module docstring),
+    RMSNorm mu' = [sqrt(d/D) mu, 1], new biases 0. The result is function preserving only with the output masks of
+    `random_width_masks` applied and at 0: then new hidden dims, new heads and new FFN units are 0 as in
+    `zero_width`, and every norm sees a stream that is 0 on the new dims. The norms themselves are not masked
+    (`GPT.set_width_masks` hooks module outputs only; MSG's norm correction is not used), so the eps argument of
+    `zero_width` applies unchanged: exact_eps=False (the paper's form) is off by the eps unless the target's
+    norm_eps is d/D times the source's (max logit error 1.1e-3 to 3.3e-3 at equal eps on the toy models of the
+    tests); exact_eps=True (default) also multiplies the old entries of what writes the residual stream (embedding
+    columns, attn.proj and swiglu.w3 rows and biases) by sqrt(D/d), so the stream is [sqrt(D/d) x, 0] and the
+    grown model is exact for equal eps. The masks are ramped 0 -> 1 by the training loop.
     """
     units = _fresh_units(src, tgt)
-    return _grow(src, state, tgt, units, generator, mode="random", norm_scale=math.sqrt(src.n_embd / tgt.n_embd))
+    alpha = math.sqrt(src.n_embd / tgt.n_embd)
+    return _grow(src, state, tgt, units, generator, mode="random", norm_scale=alpha,
+                 stream_scale=1.0 / alpha if exact_eps else 1.0, init=init)
 
 
 def random_width_masks(src: Config, tgt: Config) -> State:
@@ -252,15 +263,18 @@ def random_width_masks(src: Config, tgt: Config) -> State:
     return masks
 
 
-def direct_width(src: Config, state: State, tgt: Config, generator: torch.Generator, *, split: str = "even") -> State:
+def direct_width(src: Config, state: State, tgt: Config, generator: torch.Generator, *, split: str = "lemon") -> State:
     """G→direct, paper App. A.1.1 and A.3 Eqs. 4-11 (reference §3.2): bert2BERT/LEMON neuron splitting by heads.
 
     Each new hidden dim, key/value group (its q_per_kv query heads, k and v head, as whole heads: under GQA/MQA a
     query head cannot be copied without the k/v it shares) and FFN unit copies a source unit drawn uniformly (with
     replacement) by `generator`. Fan-out rows are copied (embedding columns too: the stream becomes x' = [x, x_sel]);
-    fan-in columns of a source unit s that appears c_s + 1 times are W[:, s] * a, with a = 1 / (c_s + 1) for every
-    occurrence (split="even", the released code) or LEMON's uneven a = 1 / (c_s + 1) + eps for each copy,
-    eps ~ N(0, (1 / (sqrt(D) L))^2), and 1 - (sum of the copies' a) for the original (split="lemon", the paper).
+    fan-in columns of a source unit s that appears c_s + 1 times are W[:, s] * a, with LEMON's uneven
+    a = 1 / (c_s + 1) + eps for each copy, eps ~ N(0, (1 / (sqrt(D) L))^2), and 1 - (sum of the copies' a) for the
+    original (split="lemon", default: the paper's "uneven splitting ... to address symmetry issues", Eqs. 7-9), or
+    a = 1 / (c_s + 1) for every occurrence (split="even", the released code). Under "even" a copy and its original
+    have equal fan-in and fan-out weights, so they get equal gradients at every step and stay equal forever (the
+    wide model trains as the narrow one; tests/test_growth_symmetry.py); "lemon" makes their gradients differ.
     A head's proj columns share one coefficient. The coefficients of each unit sum to 1, so every linear map is
     preserved; RMSNorm weights are mu' = sqrt(d/D) [mu, mu_sel] (Eqs. 10-11) and the norms make the grown model not
     function preserving, as the paper says (were the norms identities, it would be). Since x_sel is a random sample
@@ -280,7 +294,8 @@ def direct_width(src: Config, state: State, tgt: Config, generator: torch.Genera
                  norm_scale=math.sqrt(src.n_embd / tgt.n_embd))
 
 
-def hyperclone(src: Config, state: State, tgt: Config, generator: Optional[torch.Generator] = None) -> State:
+def hyperclone(src: Config, state: State, tgt: Config, generator: Optional[torch.Generator] = None, *,
+               clone_noise: float = 0.0) -> State:
     """HyperCloning (Samragh et al. 2024, reference §10): exact, function-preserving width growth by an integer k.
 
     The target multiplies n_embd, n_head, n_query_groups and intermediate_size by the same k. Hidden dims, groups
@@ -288,8 +303,23 @@ def hyperclone(src: Config, state: State, tgt: Config, generator: Optional[torch
     h + m n_head is a copy of head h (in group g + m G, a copy of group g: GQA-consistent). Then every Linear is
     W' = W.repeat(k, k) / k (the fused QKV too, because groups are contiguous row blocks; lm_head W.repeat(1, k) / k),
     the embedding E' = E.repeat(1, k), and RMSNorm weights mu.repeat(k) unscaled: the mean of squares of a tiled
-    vector is the source's, so the norm (eps included) is unchanged. `generator` is unused (no randomness).
+    vector is the source's, so the norm (eps included) is unchanged.
+
+    clone_noise=0 (default) is HyperCloning's symmetric variant: every copy of a unit has the same weights as its
+    original, so it gets the same gradient and they never diverge (reference families-and-schedules.md §5).
+    clone_noise > 0 is the noisy function-preserving variant: block (i, j) of every Linear whose input is tiled
+    (output copy i, input copy j; all of them, lm_head with one output copy) becomes W/k + N_ij with
+    sum_j N_ij = 0 for each i, so every output copy still computes sum_j (W/k + N_ij) x = W x and the function is
+    unchanged (to float rounding), while copies get different gradients. N_ij is drawn by `generator` (a
+    default-seeded one when None) with std clone_noise x the std of W/k (a fraction of each cloned weight's own
+    scale), made zero-sum by subtracting the mean over j (for k = 2: N and -N) and rescaled by sqrt(k / (k - 1)) to
+    keep that std. k = 1 leaves nothing to split.
+
+    Raises:
+        ValueError: a target that is not an integer multiple on every grown field, or a negative clone_noise.
     """
+    if not clone_noise >= 0.0:
+        raise ValueError(f"the clone noise must be >= 0 (a fraction of each weight's std), got {clone_noise}")
     check_width_growth(src, tgt)
     k = tgt.n_embd // src.n_embd
     if any(getattr(tgt, f) != k * getattr(src, f) for f in _GROWN):
@@ -301,7 +331,19 @@ def hyperclone(src: Config, state: State, tgt: Config, generator: Optional[torch
         return torch.arange(n_old).repeat(k - 1)
 
     units = _units(src, tgt, tile(src.n_embd), tile(src.n_query_groups), tile(src.intermediate_size))
-    return _grow(src, state, tgt, units, torch.Generator(), mode="copy", split="even")
+    out = _grow(src, state, tgt, units, torch.Generator(), mode="copy", split="even")
+    if clone_noise == 0.0 or k == 1:
+        return out
+    generator = torch.Generator() if generator is None else generator
+    for key, tensor in out.items():
+        _, axes, fan_out = tensor_spec(key)
+        if len(axes) == 2 and fan_out == 0:  # the Linears: their fan-in (dim 1) is k blocks [copy 0 | ... | k - 1]
+            w = tensor.float()
+            rows, cols = w.shape
+            n = torch.randn((rows, k, cols // k), generator=generator).to(w.device)
+            n = (n - n.mean(1, keepdim=True)) * (math.sqrt(k / (k - 1)) * clone_noise * w.std())
+            out[key] = (w + n.reshape(rows, cols)).to(tensor.dtype)
+    return out
 
 
 WIDTH_OPERATORS = {"zero-width": zero_width, "direct-width": direct_width, "random-width": random_width,

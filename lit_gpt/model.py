@@ -152,17 +152,44 @@ def _width_mask_hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.T
     return output * (keep + (1 - keep) * module.growth_ramp).to(output.dtype)
 
 
-def init_weights(module: nn.Module, n_embd: int, n_layer: int) -> None:
-    """Upstream's init of one module (see `GPT.reset_parameters`); growth uses it for new parameters."""
+INIT_SCHEMES = ("upstream", "official")
+
+
+def init_std(name: str, fan_in: int, n_embd: int, n_layer: int, init: str = "upstream") -> float:
+    """The std of the fresh N(0, std^2) init of the weight `name` (a state-dict key; only its ending matters) of
+    the embedding or a Linear, whose last dim is `fan_in` (a Linear's in_features, the embedding's width).
+
+    upstream (TinyLlama, `GPT.reset_parameters`): sqrt(2 / (5 n_embd)) for the embedding and every Linear,
+    1 / (sqrt(n_embd) n_layer) for the residual-branch outputs `attn.proj` and `swiglu.w3`.
+    official (the paper's released code, `GPT._init_weights`, reference stacking-paper.md §2): sqrt(2 / (5 fan_in))
+    for the embedding and every Linear, `attn.proj` included; 1 / (sqrt(fan_in) n_layer) for `swiglu.w3` (fan_in =
+    intermediate_size). At 24L2048H a new `attn.proj` gets 9.2e-4 (upstream) or 1.4e-2 (official).
+
+    Raises:
+        ValueError: an `init` that is not in INIT_SCHEMES.
+    """
+    if init == "upstream":
+        residual_out = name.endswith(("attn.proj.weight", "swiglu.w3.weight"))
+        return 1.0 / math.sqrt(n_embd) / n_layer if residual_out else math.sqrt(2.0 / 5 / n_embd)
+    if init == "official":
+        return 1.0 / math.sqrt(fan_in) / n_layer if name.endswith("swiglu.w3.weight") else math.sqrt(2.0 / 5 / fan_in)
+    raise ValueError(f"init must be one of {', '.join(INIT_SCHEMES)}, got {init!r}")
+
+
+def init_weights(module: nn.Module, n_embd: int, n_layer: int, init: str = "upstream") -> None:
+    """The init of one module under the scheme `init` (`init_std`): `GPT.reset_parameters` uses upstream's,
+    growth operators the scheme of their --init for new parameters. Zeros for biases, RMSNorm's own reset for
+    norms."""
     if isinstance(module, (nn.Embedding, nn.Linear)):
-        nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / 5 / n_embd))
+        nn.init.normal_(module.weight, mean=0.0, std=init_std("weight", module.weight.shape[-1], n_embd, n_layer, init))
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, rmsnorm.RMSNorm):
         module.reset_parameters()
-    if isinstance(module, (CausalSelfAttention, SwiGLU)):
-        out = module.proj if isinstance(module, CausalSelfAttention) else module.w3
-        nn.init.normal_(out.weight, mean=0.0, std=1 / math.sqrt(n_embd) / n_layer)
+    if isinstance(module, (CausalSelfAttention, SwiGLU)):  # `apply` visits children first: this redraws the output
+        name, out = ("attn.proj.weight", module.proj) if isinstance(module, CausalSelfAttention) \
+            else ("swiglu.w3.weight", module.w3)
+        nn.init.normal_(out.weight, mean=0.0, std=init_std(name, out.weight.shape[-1], n_embd, n_layer, init))
 
 
 def norm_class(config: Config) -> type:

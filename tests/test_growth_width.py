@@ -243,6 +243,7 @@ def test_direct_width_preserves_the_function_when_norms_are_identities(pair, spl
 def test_random_width_copies_old_entries_and_draws_new_ones_at_the_init():
     src, tgt = config(2, 2, 8, 48), config(8, 2, 8, 192)
     d, D, L = src.n_embd, tgt.n_embd, tgt.n_layer
+    c = math.sqrt(D / d)  # the residual stream's writers, as in zero_width (exact_eps)
     sd = source_model(src).state_dict()
     out = random_width(src, sd, tgt, torch.Generator().manual_seed(0))
     rows = sd["transformer.h.0.attn.attn.weight"].shape[0]  # old groups are the first fused rows
@@ -252,7 +253,8 @@ def test_random_width_copies_old_entries_and_draws_new_ones_at_the_init():
             torch.testing.assert_close(new[:d], w * math.sqrt(d / D))
             assert torch.equal(new[d:], torch.ones(D - d))
             continue
-        assert torch.equal(new[:w.shape[0], :w.shape[1]], w)
+        writes_stream = key.endswith(("wte.weight", "proj.weight", "w3.weight"))
+        torch.testing.assert_close(new[:w.shape[0], :w.shape[1]], w * c if writes_stream else w, rtol=1e-6, atol=0)
         std = 1 / math.sqrt(D) / L if key.endswith(("proj.weight", "w3.weight")) else math.sqrt(2 / 5 / D)
         fresh = torch.cat((new[w.shape[0]:].flatten(), new[:w.shape[0], w.shape[1]:].flatten()))
         assert fresh.std().item() == pytest.approx(std, rel=0.05)
@@ -261,20 +263,24 @@ def test_random_width_copies_old_entries_and_draws_new_ones_at_the_init():
 
 
 @pytest.mark.parametrize("groups,q_per_kv", [(2, 1), (1, 4), (2, 2)])
-def test_random_width_is_exact_with_its_masks_at_zero(groups, q_per_kv):
+@pytest.mark.parametrize("exact_eps", [True, False])
+def test_random_width_is_exact_with_its_masks_at_zero(groups, q_per_kv, exact_eps):
+    """Masks applied as the training loop does (`GPT.set_width_masks`, ramps at 0); the default (exact_eps) is exact
+    with the source's own norm eps, the paper's form only with eps scaled by d/D (docstring of zero_width)."""
     src = config(groups, q_per_kv, 4, 16, bias=True)
-    tgt = config(groups * 2 + 1, q_per_kv, 4, 40, bias=True, norm_eps=src.norm_eps * src.n_embd / (groups * 2 + 1)
-                 / q_per_kv / 4)
+    d, D = src.n_embd, (groups * 2 + 1) * q_per_kv * 4
+    tgt = config(groups * 2 + 1, q_per_kv, 4, 40, bias=True, norm_eps=src.norm_eps * (1 if exact_eps else d / D))
     model = source_model(src)
     grown = GPT(tgt)
-    grown.load_state_dict(random_width(src, model.state_dict(), tgt, torch.Generator().manual_seed(1)))
+    options = {} if exact_eps else {"exact_eps": False}  # the default is the exact form
+    grown.load_state_dict(random_width(src, model.state_dict(), tgt, torch.Generator().manual_seed(1), **options))
     masks = random_width_masks(src, tgt)
     assert set(masks) == {"transformer.wte.weight"} | {f"transformer.h.{i}.{n}" for i in range(2) for n in
                                                        LAYER_TENSORS if "norm" not in n}
     for key, mask in masks.items():
         module = grown.get_submodule(key.rsplit(".", 1)[0])
         assert mask.shape == (module.weight.shape[1 if key.startswith("transformer.wte") else 0],)
-        module.register_forward_hook(lambda m, args, output, mask=mask: output * mask)
+    grown.set_width_masks(masks)
     with torch.no_grad():
         assert (grown(IDX) - model(IDX)).abs().max().item() <= 1e-5
     assert masks["transformer.h.0.mlp.swiglu.w1.weight"].tolist() == [1.0] * 16 + [0.0] * 24

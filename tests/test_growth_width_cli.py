@@ -46,7 +46,8 @@ def test_width_targets_refused(tmp_path, capsys):
 
 def test_random_width_writes_its_masks_and_is_exact_with_them_at_zero(tmp_path, capsys):
     base = save_base(tmp_path / "base", kind="gqa")
-    tgt = small_config("gqa", n_embd=128, n_head=8, n_query_groups=4, intermediate_size=320, norm_eps=0.5e-5)
+    tgt = small_config("gqa", n_embd=128, n_head=8, n_query_groups=4, intermediate_size=320)  # the source's norm_eps
+    assert tgt.norm_eps == base.config.norm_eps
     tgt.to_json(tmp_path / "target.json")
     code, out = grow_cli(capsys, "--src", tmp_path / "base", "--target", tmp_path / "target.json",
                          "--op", "random-width", "--out", tmp_path / "grown")
@@ -67,6 +68,33 @@ def test_random_width_writes_its_masks_and_is_exact_with_them_at_zero(tmp_path, 
         plain = GPT(tgt)
         plain.load_state_dict(grown.state_dict())
         assert torch.equal(grown(idx), plain(idx))
+
+
+def test_direct_width_defaults_to_lemons_split_and_hyperclone_takes_clone_noise(tmp_path, capsys):
+    base = save_base(tmp_path / "base", kind="gqa")
+    tgt = small_config("gqa", n_embd=128, n_head=8, n_query_groups=4, intermediate_size=320)
+    tgt.to_json(tmp_path / "target.json")
+    common = ("--src", tmp_path / "base", "--target", tmp_path / "target.json", "--force")
+    for flags, split in [((), "lemon"), (("--split", "even"), "even")]:
+        code, out = grow_cli(capsys, *common, "--op", "direct-width", "--out", tmp_path / split, *flags)
+        assert code == 0, out.err
+        assert json.loads((tmp_path / split / "growth.json").read_text())["options"]["split"] == split
+    even, lemon = (torch.load(tmp_path / s / "lit_model.pth", weights_only=True)["lm_head.weight"]
+                   for s in ("even", "lemon"))
+    assert not torch.equal(even, lemon)  # same seed, same copies: only the fan-in split differs
+    code, out = grow_cli(capsys, *common, "--op", "hyperclone", "--clone_noise", "0.1", "--out", tmp_path / "clone")
+    assert code == 0, out.err
+    assert json.loads((tmp_path / "clone" / "growth.json").read_text())["options"]["clone_noise"] == 0.1
+    grown = GPT(tgt)
+    grown.load_state_dict(torch.load(tmp_path / "clone" / "lit_model.pth", weights_only=True))
+    w1 = grown.transformer.h[0].mlp.swiglu.w1.weight
+    assert not torch.equal(w1[:, :64], w1[:, 64:])  # the input copies' blocks differ ...
+    idx = torch.randint(0, 96, (2, 32))
+    with torch.no_grad():
+        assert (grown(idx) - base(idx)).abs().max().item() <= 1e-5  # ... and the function is kept
+    assert_refused(*grow_cli(capsys, *common, "--op", "zero-width", "--clone_noise", "0.1", "--out",
+                             tmp_path / "refused"), "--clone_noise", "zero-width does not take it")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_width_ramps_follow_msgs_three_phases():
