@@ -87,7 +87,14 @@ def check_checkpoint(directory: Union[str, Path]) -> Config:
 
 
 def checkpoint_info(directory: Union[str, Path]) -> Dict[str, Any]:
-    """The config name, growth.json and training.json ({tokens, flops, step}) of a checkpoint directory."""
+    """The config name, the growth record and the training of a checkpoint directory, for eval/run.py's JSON:
+    {"config", "growth": growth.json (else training.json's `growth`; None for a model trained from scratch),
+    "training": {tokens, flops, step, total_tokens, scratch_tokens: {exact, paper}} from training.json}, with
+    None for what it does not record (tokens: this model's own; total_tokens: its base's and ancestors' too;
+    scratch_tokens: the target-model tokens of equal compute, lit_gpt/flops.py).
+
+    Raises:
+        CheckpointError: the checkpoint is incomplete (`check_checkpoint`) or a JSON file is not valid JSON."""
     directory = Path(directory)
     config = check_checkpoint(directory)
 
@@ -101,9 +108,11 @@ def checkpoint_info(directory: Union[str, Path]) -> Dict[str, Any]:
             raise CheckpointError(f"{path} is not valid JSON: {e}") from None
 
     training = read("training.json") or {}
-    return {"config": config.name, "growth": read("growth.json"),
+    scratch = training.get("scratch_tokens") or {}
+    return {"config": config.name, "growth": read("growth.json") or training.get("growth"),
             "training": {"tokens": training.get("tokens"), "flops": training.get("flops"),
-                         "step": training.get("step")}}
+                         "step": training.get("step"), "total_tokens": training.get("total_tokens"),
+                         "scratch_tokens": {"exact": scratch.get("exact"), "paper": scratch.get("paper")}}}
 
 
 class EvalTokenizer:

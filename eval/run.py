@@ -16,8 +16,10 @@ model on it, with the same tokenizer settings: both give the same numbers (tests
 
 The output (read by eval/table.py):
     {"checkpoint", "name", "config", "backend", "tasks", "num_fewshot", "limit",
-     "results": simple_evaluate(...)["results"], "growth": growth.json or null,
-     "training": {"tokens", "flops", "step"} from training.json (nulls when absent)}
+     "results": simple_evaluate(...)["results"], "growth": the growth record (growth.json) or null,
+     "training": {"tokens", "flops", "step", "total_tokens", "scratch_tokens": {"exact", "paper"}} from
+     training.json (nulls when absent): tokens are the model's own, total_tokens include its base's (and
+     their bases'), scratch_tokens are the target-model tokens of equal compute in both conventions}
 written atomically (honouring the umask). An existing --out is replaced only with --force. A missing
 checkpoint, a checkpoint without tokenizer or with another tokenizer than its training.json records, an
 unknown task, an --out that cannot be written or a bad argument is reported as one `error:` line with exit

@@ -7,6 +7,13 @@ paper's plots say "Acc"; acc vs acc_norm is not stated), "Avg" is the mean of th
 for Fig. 3 and Tab. 3, ten for Tab. 6) and reads "Avg (k/n)" when a column lacks some, and Wikitext is lm-eval's
 word perplexity. Tasks outside the table's set (e.g. the offline sample tasks) follow as extra rows, not averaged.
 Paper columns show the paper's printed values, its Avg included, so its rounding and typos stay visible.
+
+When result files record training (eval/run.py's "training", "growth"), rows follow for each of our columns:
+"Train tokens" (a model trained from scratch) or "Train tokens (base + grown)" (when a column was grown: its
+base's tokens, ancestors included, + its own, e.g. "2.5M + 7.5M", "?" for an unknown part), the
+scratch-equivalent tokens in both conventions of lit_gpt/flops.py, "(exact)" (exact FLOPs / the model's FLOPs
+per token) and "(paper)" (own tokens + the base's d / g), both the own tokens for a scratch model, and
+"Train FLOPs" (exact, the base's included). Token counts are shown to 3 digits with K, M, B, T suffixes.
 """
 
 import csv
@@ -95,6 +102,39 @@ def column_name(result: dict) -> str:
     return result.get("name") or Path(result.get("checkpoint") or "model").name
 
 
+def format_tokens(n: float) -> str:
+    """A token count to 3 significant digits with a K/M/B/T suffix (1e3, 1e6, 1e9, 1e12): 768, 2.56K, 130B."""
+    n = float(f"{n:.3g}")  # rounded first, so 999,600 is 1M, not 1e+03K
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.3g}"
+
+
+def train_tokens(result: dict) -> Optional[str]:
+    """The tokens cell: "BASE + OWN" for a grown model (BASE: its total_tokens less its own, else its growth
+    record's base_total_tokens or base_tokens; "?" for an unknown part), OWN for a scratch model, None when
+    unknown."""
+    training, growth = result.get("training") or {}, result.get("growth")
+    own = training.get("tokens")
+    if not growth:
+        return None if own is None else format_tokens(own)
+    total = training.get("total_tokens")
+    base = next((v for v in (None if total is None or own is None else total - own,
+                             growth.get("base_total_tokens"), growth.get("base_tokens")) if v is not None), None)
+    return " + ".join("?" if v is None else format_tokens(v) for v in (base, own))
+
+
+def scratch_tokens(result: dict, convention: str) -> Optional[str]:
+    """The scratch-equivalent tokens cell in `convention` (exact, paper): what training recorded, else a scratch
+    model's own tokens (its compute is its own), else None."""
+    training = result.get("training") or {}
+    value = (training.get("scratch_tokens") or {}).get(convention)
+    if value is None and not result.get("growth"):
+        value = training.get("tokens")
+    return None if value is None else format_tokens(value)
+
+
 def build_table(results: List[dict], paper: Optional[str] = None,
                 paper_columns: Optional[List[str]] = None) -> List[Row]:
     """Rows of the table; rows[0] (key "model") holds the column names, paper columns labelled "paper: NAME"."""
@@ -137,8 +177,12 @@ def build_table(results: List[dict], paper: Optional[str] = None,
         rows.append(Row(key, label, [None] * ours + [c.get(key) for c in columns.values()], fmt))
     training = [r.get("training") or {} for r in results]
     if any(t.get("flops") is not None or t.get("tokens") is not None for t in training):
-        rows.append(Row("tokens", "Train tokens", [t.get("tokens") for t in training] + [None] * len(columns),
-                        "{:.3g}"))
+        grown = any(r.get("growth") for r in results)
+        rows.append(Row("tokens", "Train tokens (base + grown)" if grown else "Train tokens",
+                        [train_tokens(r) for r in results] + [None] * len(columns), "{}"))
+        for convention in ("exact", "paper"):  # lit_gpt.flops.CONVENTIONS, whose import would load torch
+            rows.append(Row(f"scratch_tokens_{convention}", f"Scratch-equivalent tokens ({convention})",
+                            [scratch_tokens(r, convention) for r in results] + [None] * len(columns), "{}"))
         rows.append(Row("flops", "Train FLOPs", [t.get("flops") for t in training] + [None] * len(columns),
                         "{:.3g}"))
     return rows
@@ -172,7 +216,9 @@ def load_result(path: str) -> dict:
 
 def main(argv=None) -> int:
     p = ArgumentParser(description="Print the paper's evaluation table (rows: metrics, columns: models) for "
-                       "eval/run.py result files, optionally with the paper's reported numbers beside them.")
+                       "eval/run.py result files, optionally with the paper's reported numbers beside them. "
+                       "Result files that record training add rows of train tokens (base + grown for a grown "
+                       "model), scratch-equivalent tokens (exact and paper conventions) and train FLOPs.")
     p.add_argument("results", nargs="*", help="result JSON files written by eval/run.py, one column each")
     p.add_argument("--paper", help="add the paper's numbers of this table as 'paper: NAME' columns and use its "
                                    "task set: fig3 (operator grid, 1.1B), tab3 (1B open models), tab6 (7B, ten tasks)")

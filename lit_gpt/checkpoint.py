@@ -2,7 +2,8 @@
 
 Layout of a checkpoint directory:
     *.distcp, .metadata   model and optimizer (sharded under FSDP; resharded on load to any world size)
-    meta.json             step, tokens, FLOPs, data-loader position, hyperparameters (written last by rank 0)
+    meta.json             step, tokens, FLOPs, the growth record and accounting, data-loader position,
+                          hyperparameters (written last by rank 0)
     rng-rank{r}.pt        each rank's RNG states
     lit_config.json       the model config
 All of it is written into `.tmp-step-NNNNNNNN/` and renamed once every rank is done, so a kill while
@@ -293,8 +294,9 @@ def check_config(path: Path, config: Config) -> None:
 
 
 def export_weights(fabric, model: torch.nn.Module, config: Config, out_dir: Path,
-                   tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None) -> None:
-    """Collective: gathers full weights and writes `lit_model.pth` + `lit_config.json` (rank 0).
+                   tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None,
+                   growth: Optional[Dict[str, Any]] = None) -> None:
+    """Collective: gathers full weights and writes them with `write_weights` (rank 0).
 
     Growth masks still ramping (random-depth, random-width) are baked into the weights: the export computes
     what the masked model computed, without the masks."""
@@ -305,16 +307,19 @@ def export_weights(fabric, model: torch.nn.Module, config: Config, out_dir: Path
     def write() -> None:
         for key, factor in growth_mask_factors(model).items():
             state[key] = (state[key].float() * factor).to(state[key].dtype)
-        write_weights(state, config, out_dir, tokenizer_dir, training)
+        write_weights(state, config, out_dir, tokenizer_dir, training, growth)
 
     on_rank_zero(fabric, write)
 
 
 def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
-                  tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None) -> None:
-    """Writes lit_model.pth, lit_config.json, training.json (`training`: {step, tokens, flops}, which growth
-    records as the base model's cost) and the tokenizer files into a directory that replaces `out_dir` whole
-    when complete (`lit_gpt.files.atomic_dir`: the umask applies; a failed write leaves `out_dir` as it was).
+                  tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None,
+                  growth: Optional[Dict[str, Any]] = None) -> None:
+    """Writes lit_model.pth, lit_config.json, training.json (`training`: {step, tokens, flops, growth,
+    total_tokens, paper_flops, scratch_tokens, ...}, which growth records as the base model's cost), growth.json
+    (`growth`: the growth record of a grown run, for eval) and the tokenizer files into a directory that
+    replaces `out_dir` whole when complete (`lit_gpt.files.atomic_dir`: the umask applies; a failed write leaves
+    `out_dir` as it was).
 
     Raises:
         OSError: a write failed (a full disk, a path below a regular file); the message names the path.
@@ -324,6 +329,8 @@ def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
         config.to_json(tmp / "lit_config.json")
         if training is not None:
             (tmp / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+        if growth is not None:
+            (tmp / "growth.json").write_text(json.dumps(growth, indent=2) + "\n")
         for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
             if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, tmp / name)  # takes the umask, not the source's mode
@@ -331,21 +338,25 @@ def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
 
 def check_masks_settled(path: Path) -> None:
     """Refuses a training checkpoint whose random-* growth masks were still ramping: its raw weights alone
-    compute a different model (the masks live in the run's growth.json and step, not in the weights).
+    compute a different model (the masks live in the run's growth record and step, not in the weights). The
+    record is meta.json's `growth` (the one the run applied), else, in checkpoints saved before meta.json held
+    it, the growth.json beside the run's --initial_checkpoint.
 
     Raises:
         CheckpointError: masks still ramping, or `path` damaged (`check_intact`).
     """
     meta = check_intact(path)
     hparams = meta.get("hparams") or {}
-    initial = hparams.get("initial_checkpoint")
-    if not initial:
+    if "growth" in meta:
+        record = meta["growth"]
+    elif hparams.get("initial_checkpoint"):
+        initial = Path(hparams["initial_checkpoint"])
+        record_file = (initial if initial.is_dir() else initial.parent) / "growth.json"
+        record = json.loads(record_file.read_text()) if record_file.is_file() else None
+    else:
+        record = None
+    if not record:
         return
-    initial = Path(initial)
-    record_file = (initial if initial.is_dir() else initial.parent) / "growth.json"
-    if not record_file.is_file():
-        return
-    record = json.loads(record_file.read_text())
     span = int(hparams.get("mask_ramp_steps") or 0)
     end = 3 * span if record.get("width_masks") else span if record.get("masked_layers") else 0
     if meta["step"] <= end:

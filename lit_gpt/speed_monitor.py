@@ -35,10 +35,12 @@ def format_duration(seconds: float) -> str:
 
 
 class MetricsLogger:
-    """metrics.csv (always), plus TensorBoard or wandb; rank 0 only. A resume drops rows past its step."""
+    """metrics.csv (always), plus TensorBoard or wandb; rank 0 only. A resume drops rows past its step and
+    rewrites the header: rows of a file written before a column existed keep it empty."""
 
-    COLUMNS = ["step", "tokens", "flops", "train_loss", "val_loss", "val_ppl", "lr", "tokens_per_sec", "mfu",
-               "elapsed_sec"]
+    # flops: exact, cumulative, the base's included; paper_flops: the paper's 6 N D (lit_gpt/flops.py)
+    COLUMNS = ["step", "tokens", "flops", "paper_flops", "train_loss", "val_loss", "val_ppl", "lr", "tokens_per_sec",
+               "mfu", "elapsed_sec"]
 
     def __init__(self, out_dir: Path, kind: str, resume_step: Optional[int], run_name: str) -> None:
         """Raises OSError naming the file or directory that cannot be written."""

@@ -86,10 +86,15 @@ def _check_agrees(model_name: str, config: Config, beside: Path) -> None:
 
 def growth_record(args: TrainArgs) -> dict:
     """growth.json beside --initial_checkpoint: the base model's tokens and FLOPs (the paper counts
-    C = C_base + C_grown, §5.4), or {} when starting from weights that were not grown."""
+    C = C_base + C_grown, §5.4), or {} when starting from weights that were not grown, or from a grown run's
+    export (a training.json beside it that records a growth): there growth.json is the provenance of weights
+    trained after growth, whose masks are baked in, so it starts no base FLOPs, stream skip or masks."""
     if not args.initial_checkpoint:
         return {}
-    growth = initial_weights_path(args).parent / "growth.json"
+    directory = initial_weights_path(args).parent
+    growth, training = directory / "growth.json", directory / "training.json"
+    if training.is_file() and json.loads(training.read_text()).get("growth"):
+        return {}
     return json.loads(growth.read_text()) if growth.is_file() else {}
 
 

@@ -48,7 +48,7 @@ from lit_gpt.kernels import describe  # noqa: E402
 from lit_gpt.materialize import open_weights  # noqa: E402
 from lit_gpt.model import set_width_ramps  # noqa: E402
 from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
-from lit_gpt.flops import flops_per_token  # noqa: E402
+from lit_gpt.flops import flops_per_token, run_accounting  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, format_duration  # noqa: E402
 from lit_gpt.files import missing  # noqa: E402
 from lit_gpt.utils import check_state_dict  # noqa: E402
@@ -204,6 +204,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         1 if args.max_tokens else 0, args.max_tokens // tokens_per_step)
     fabric.seed_everything(args.seed, verbose=False)
     growth = growth_record(args)
+    record = growth or None  # provenance: into every checkpoint's meta.json and final/
     masked, width = growth.get("masked_layers") or [], growth.get("width_masks")
     log(f"building {config.name}: {param_count(config) / 1e6:,.1f}M parameters")
     model, optimizer = setup_model(fabric, args, config, strategy_name)
@@ -217,6 +218,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         meta = ckpt.load(fabric, resume_path, model.module, optimizer.optimizer)
         step, tokens, flops = meta["step"], meta["tokens"], meta["flops"]
         skipped = meta.get("skipped_tokens", 0)
+        record = meta.get("growth", record)  # the run's own record, whatever the resuming command passed
         loader.load_state_dict(meta["data"])
         resume_step = step
         log(f"resumed from {resume_path} at step {step} ({tokens:,} tokens)")
@@ -244,10 +246,14 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         f"{args.global_batch_size} x {block} tokens, accumulation {accumulation} | {max_steps} steps")
     log(f"kernels: {describe(fabric.device, torch.bfloat16 if 'bf16' in args.precision else torch.float32)}")
 
+    def accounting() -> dict:
+        """total_tokens (the base's included), paper_flops and scratch_tokens {exact, paper} so far."""
+        return run_accounting(config, block, tokens, flops, record)
+
     def save() -> None:
         watchdog.phase(f"saving step-{step:08d}")
-        meta = {"step": step, "tokens": tokens, "flops": flops, "skipped_tokens": skipped, "data": loader.state_dict(),
-                "world_size": world, "hparams": asdict(args)}
+        meta = {"step": step, "tokens": tokens, "flops": flops, "growth": record, **accounting(),
+                "skipped_tokens": skipped, "data": loader.state_dict(), "world_size": world, "hparams": asdict(args)}
         path = ckpt.save(fabric, out_dir, step, model.module, optimizer.optimizer, meta, config)
         log(f"saved {path}")
         if args.keep_last and rank == 0:
@@ -292,8 +298,8 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         flops += flops_per_step
         monitor.tick()
         train_loss = fabric.all_reduce(loss_sum / accumulation, reduce_op="mean").item()
-        row = {"step": step, "tokens": tokens, "flops": flops, "train_loss": train_loss, "lr": lr,
-               "tokens_per_sec": monitor.tokens_per_sec(), "mfu": monitor.mfu(),
+        row = {"step": step, "tokens": tokens, "flops": flops, "paper_flops": accounting()["paper_flops"],
+               "train_loss": train_loss, "lr": lr, "tokens_per_sec": monitor.tokens_per_sec(), "mfu": monitor.mfu(),
                "elapsed_sec": time.perf_counter() - start}
         if args.eval_interval and (step % args.eval_interval == 0 or step == max_steps):
             watchdog.phase(f"validation after step {step}")
@@ -313,8 +319,8 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         save()
     watchdog.phase("writing the final export")
     ckpt.export_weights(fabric, model.module, config, out_dir / "final", tokenizer.directory,
-                        {"step": step, "tokens": tokens, "flops": flops, "stream_tokens": skipped + tokens,
-                         "tokenizer": tokenizer.entry})
+                        {"step": step, "tokens": tokens, "flops": flops, "growth": record, **accounting(),
+                         "stream_tokens": skipped + tokens, "tokenizer": tokenizer.entry}, record)
     if logger:
         agreement.attempt(logger.close)
     agreement.check(fabric)  # a failure of rank 0's last metrics row or pruning is not lost

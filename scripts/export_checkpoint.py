@@ -1,5 +1,8 @@
 """Write the weights of a training checkpoint as `lit_model.pth` + `lit_config.json` (what growth, the
 converters and eval read). Runs in one process whatever the number of ranks that saved the checkpoint.
+Beside them: training.json (step, tokens, FLOPs, the growth record, total and scratch-equivalent tokens and
+paper FLOPs, the position in the training stream, as far as meta.json records them) and, for a grown run,
+growth.json.
 
     python scripts/export_checkpoint.py --checkpoint_dir out/run/step-00001000 --out_dir out/run/export-1000
 
@@ -65,8 +68,12 @@ def export(checkpoint_dir: Path, out_dir: Optional[Path] = None, tokenizer_dir: 
     meta = check_intact(path)
     check_masks_settled(path)
     state = consolidate(path)
-    training = {k: meta[k] for k in ("step", "tokens", "flops") if k in meta}
-    write_weights(state, Config.from_json(path / "lit_config.json"), out, tokenizer_dir, training)
+    training = {k: meta[k] for k in ("step", "tokens", "flops", "growth", "total_tokens", "paper_flops",
+                                     "scratch_tokens") if k in meta}
+    # where a model grown from this export continues the stream, as final/training.json says
+    training["stream_tokens"] = meta.get("skipped_tokens", 0) + meta.get("tokens", 0)
+    write_weights(state, Config.from_json(path / "lit_config.json"), out, tokenizer_dir, training,
+                  meta.get("growth"))
     print(f"wrote {out / 'lit_model.pth'} from {path}", file=sys.stderr)
 
 

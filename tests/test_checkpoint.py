@@ -1,5 +1,7 @@
 """Training checkpoints: newest-by-number resume, atomic writes, offline consolidation."""
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -178,3 +180,33 @@ def test_saving_a_step_again_replaces_it_whole(setup, tmp_path):
     assert ckpt.save(fabric, tmp_path, 2, model, optimizer, {"step": 2}, config) == path
     assert ckpt.damage(path) is None and not (path / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]
+
+
+def test_masks_settled_reads_the_record_the_run_applied(setup, tmp_path):
+    """meta.json's `growth` decides, not the growth.json beside --initial_checkpoint: a run started from a grown
+    run's export (masks baked in, growth.json kept as provenance) applied no masks; a run resumed without
+    --initial_checkpoint still did. Checkpoints saved before meta.json held it fall back to growth.json."""
+    fabric, config, model, optimizer = setup
+    export = tmp_path / "grown-run-final"
+    export.mkdir()
+    masked = {"operator": "random-depth", "masked_layers": [1]}
+    (export / "growth.json").write_text(json.dumps(masked))
+    hparams = {"initial_checkpoint": str(export), "mask_ramp_steps": 4}
+    metas = {1: {"growth": None, "hparams": hparams}, 2: {"growth": masked, "hparams": {"mask_ramp_steps": 4}},
+             3: {"hparams": hparams}}
+    for step, meta in metas.items():
+        ckpt.save(fabric, tmp_path / "run", step, model, optimizer, {"step": step, **meta}, config)
+    ckpt.check_masks_settled(tmp_path / "run" / "step-00000001")
+    for step in (2, 3):
+        with pytest.raises(CheckpointError, match="growth masks ramp until step 5"):
+            ckpt.check_masks_settled(tmp_path / "run" / f"step-{step:08d}")
+
+
+def test_write_weights_writes_the_growth_record_beside_training(setup, tmp_path):
+    _, config, model, _ = setup
+    record = {"operator": "stack", "base_total_tokens": 2560}
+    ckpt.write_weights(model.state_dict(), config, tmp_path / "grown", training={"tokens": 1, "growth": record},
+                       growth=record)
+    assert json.loads((tmp_path / "grown" / "growth.json").read_text()) == record
+    ckpt.write_weights(model.state_dict(), config, tmp_path / "scratch", training={"tokens": 1, "growth": None})
+    assert not (tmp_path / "scratch" / "growth.json").exists()

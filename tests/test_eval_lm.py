@@ -308,7 +308,8 @@ def test_run_writes_the_contract_json(checkpoint, tmp_path):
     assert (data["config"], data["backend"], data["tasks"]) == ("test-eval", "ours", ["sample_mc", "sample_ppl"])
     assert (data["num_fewshot"], data["limit"]) == (None, 6)
     assert data["growth"] == {"operator": "stack", "source": "base"}
-    assert data["training"] == {"tokens": 1280, "flops": 1.5e9, "step": 10}
+    assert data["training"] == {"tokens": 1280, "flops": 1.5e9, "step": 10, "total_tokens": None,
+                                "scratch_tokens": {"exact": None, "paper": None}}
     assert outs["hf"]["backend"] == "hf"
     a, b = data["results"], outs["hf"]["results"]
     assert a["sample_mc"]["acc,none"] == b["sample_mc"]["acc,none"]

@@ -92,6 +92,29 @@ def test_tab6_averages_ten_tasks_and_training_rows():
     assert rows["avg"].values[1:] == [57.79, 56.56, 50.43, 54.16]
 
 
+def test_grown_columns_show_base_plus_grown_and_scratch_equivalent_tokens():
+    grown = result("G_stack", FIG3["G_stack"], training={
+        "tokens": 97.5e9, "flops": 8.5e20, "step": 23245, "total_tokens": 107.5e9,
+        "scratch_tokens": {"exact": 102.85e9, "paper": 100e9}})
+    grown["growth"] = {"operator": "stack", "base_total_tokens": 10e9, "base_scratch_tokens_paper": 2.5e9}
+    older = result("older", FIG3["G_stack"], training={"tokens": 7.5e6, "flops": 1e15, "step": 10})
+    older["growth"] = {"operator": "stack", "base_tokens": 2.5e6}  # a record and result from before the totals
+    fresh = result("fresh", FIG3["G_stack"])  # a grown model evaluated before any training
+    fresh["growth"] = {"operator": "stack", "base_total_tokens": 999_600}
+    scratch = result("scratch", FIG3["scratch"], training={"tokens": 100e9, "flops": 8.2e20, "step": 23842})
+    rows = by_key(table.build_table([grown, older, fresh, scratch]))
+    assert rows["tokens"].label == "Train tokens (base + grown)"
+    assert rows["tokens"].cells() == ["10B + 97.5B", "2.5M + 7.5M", "1M + ?", "100B"]
+    assert rows["scratch_tokens_exact"].label == "Scratch-equivalent tokens (exact)"
+    assert rows["scratch_tokens_exact"].cells() == ["103B", "-", "-", "100B"]
+    assert rows["scratch_tokens_paper"].label == "Scratch-equivalent tokens (paper)"
+    assert rows["scratch_tokens_paper"].cells() == ["100B", "-", "-", "100B"]
+    assert rows["flops"].cells() == ["8.5e+20", "1e+15", "-", "8.2e+20"]
+    only_scratch = by_key(table.build_table([scratch]))
+    assert only_scratch["tokens"].label == "Train tokens" and only_scratch["tokens"].cells() == ["100B"]
+    assert [table.format_tokens(n) for n in (768, 2560, 1.364e9, 3e12)] == ["768", "2.56K", "1.36B", "3T"]
+
+
 def error_line(capsys, argv, code=1):  # 2: bad flags, as argparse
     return command_error(capsys, table.main, argv, code)
 
@@ -129,6 +152,7 @@ def test_script_help_and_run(tmp_path):
     help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--paper", "--paper_columns", "--format", "--out", "--force"):
         assert flag in help_text
+    assert "scratch-equivalent tokens (exact and paper" in " ".join(help_text.split())  # however argparse wraps
     out = subprocess.run([sys.executable, script, "--paper", "tab3", "--format", "csv"], capture_output=True,
                          text=True, check=True).stdout
     assert out.splitlines()[0].startswith("Metric,paper: Pythia-1B,paper: TinyLlama-1.1B (acc_norm)")
