@@ -1,11 +1,13 @@
 """Speedup of a grown run over a scratch run at equal loss, from their metrics.csv files (paper §5.4).
 
-    python eval/speedup.py --scratch out/scratch --grown out/gstack [--at_loss 2.45] [--column val_loss]
+    python eval/speedup.py --scratch out/scratch --grown out/gstack [--at_loss 2.45] [--convention paper]
 
 speedup = FLOPs_scratch(L) / FLOPs_grown(L) - 1, where FLOPs_run(L) is the compute at which the run's loss first
-reaches L, linearly interpolated between logged points. The grown run's `flops` column already starts at the
-base model's FLOPs (pretrain/tinyllama.py reads them from growth.json), so C = C_base + C_grown as in the paper;
-its `tokens` column counts only its own tokens, so tokens are compared as scratch-equivalent tokens,
+reaches L, linearly interpolated between logged points. FLOPs follow --convention (lit_gpt/flops.py): `exact`
+reads metrics.csv's `flops` (each model's own FLOPs per token, attention included), `paper` its `paper_flops`
+(6 N D with N the target's parameters, the base costing d/g target tokens). Both columns of a grown run start
+at the base model's cost (pretrain/tinyllama.py reads it from growth.json), so C = C_base + C_grown as in the
+paper; its `tokens` column counts only its own tokens, so tokens are compared as scratch-equivalent tokens,
 FLOPs / (the scratch run's FLOPs per token). The default L is the lowest loss both runs reach: usually the
 scratch run's best, i.e. "how much sooner does the grown run get to where scratch ended" (the paper's 54.6%
 headline is this measure at 300B scratch tokens).
@@ -28,8 +30,10 @@ if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
     guard_command()
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
+from lit_gpt.flops import CONVENTION_HELP, CONVENTION_NOTE, CONVENTIONS  # noqa: E402
 
 REQUIRED = ("step", "tokens", "flops")
+CONVENTION_COLUMNS = {"exact": "flops", "paper": "paper_flops"}
 LOSS_COLUMNS = ("val_loss", "train_loss")
 Rows = List[Dict[str, Optional[float]]]
 
@@ -63,6 +67,18 @@ def read_metrics(path) -> Rows:
     if any(r[c] is None for r in rows for c in REQUIRED):
         raise UsageError(f"{path}: a row without {'/'.join(REQUIRED)}")
     return rows
+
+
+def in_convention(rows: Rows, convention: str, path) -> Rows:
+    """The rows with `flops` in the given convention (`CONVENTION_COLUMNS`).
+
+    Raises UsageError naming `path` when its metrics.csv has no column for the convention (runs trained before
+    pretrain/tinyllama.py logged `paper_flops`)."""
+    column = CONVENTION_COLUMNS[convention]
+    if any(r.get(column) is None for r in rows):
+        raise UsageError(f"{path}: metrics.csv has no {column} values (a run logged before that column existed); "
+                         "use --convention exact")
+    return [{**r, "flops": r[column]} for r in rows]
 
 
 def losses(rows: Rows, column: str, smooth: int = 1) -> Rows:
@@ -126,13 +142,16 @@ def scratch_equivalent_tokens(rows: Rows, reference: Optional[Rows] = None) -> L
 
 
 def speedup(scratch: Rows, grown: Rows, loss: Optional[float] = None, column: str = "val_loss",
-            smooth: int = 1) -> dict:
-    """The paper's speedup FLOPs_scratch / FLOPs_grown - 1 at equal loss; ValueError if a run never gets there."""
+            smooth: int = 1, convention: str = "exact") -> dict:
+    """The paper's speedup FLOPs_scratch / FLOPs_grown - 1 at equal loss; ValueError if a run never gets there.
+
+    `scratch` and `grown` already hold `flops` in `convention` (`in_convention`); it is recorded in the result."""
     runs = {"scratch": scratch, "grown": grown}
     best = {name: lowest(rows, column, smooth, name) for name, rows in runs.items()}
     target = max(best.values()) if loss is None else loss
     fpt = flops_per_token(scratch)
-    out = {"column": column, "loss": target, "loss_is_default": loss is None, "smooth": smooth}
+    out = {"convention": convention, "column": column, "loss": target, "loss_is_default": loss is None,
+           "smooth": smooth}
     for name, rows in runs.items():
         hit = reach(rows, target, column, smooth)
         if hit is None:
@@ -160,7 +179,8 @@ def format_report(res: dict, dirs: Dict[str, str]) -> str:
                      f"{r['scratch_equivalent_tokens']:17.3e} {r['step']:8.1f}  {dirs[name]}")
     base = ("the base model's FLOPs counted" if res["grown"]["base_flops"] > 1e-6 * res["grown"]["flops"]
             else "no base model's FLOPs in the grown run's log")
-    lines.append(f"speedup: {res['speedup']:.1%} (FLOPs_scratch / FLOPs_grown - 1, {base})")
+    lines.append(f"speedup: {res['speedup']:.1%} (FLOPs_scratch / FLOPs_grown - 1, {base}; "
+                 f"{CONVENTION_NOTE[res['convention']]})")
     return "\n".join(lines)
 
 
@@ -173,22 +193,24 @@ def main(argv=None) -> int:
     p.add_argument("--column", default="val_loss", choices=LOSS_COLUMNS, help="loss column (default val_loss)")
     p.add_argument("--smooth", type=int, default=1, help="trailing mean over this many logged points before "
                                                          "finding L, for noisy train_loss (default 1: raw)")
-    p.add_argument("--add_base_flops", type=float, default=0.0,
-                   help="FLOPs to add to the grown run, for runs whose metrics.csv lacks the base model's cost")
+    p.add_argument("--add_base_flops", type=float, default=0.0, help="FLOPs to add to the grown run, in the "
+                   "chosen --convention, for runs whose metrics.csv lacks the base model's cost")
+    p.add_argument("--convention", choices=CONVENTIONS, default="exact", help=CONVENTION_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     args = p.parse_args(argv)
 
     def run() -> None:
         if args.smooth < 1:
             raise UsageError("--smooth must be at least 1")
-        scratch, grown = read_metrics(args.scratch), read_metrics(args.grown)
+        scratch, grown = (in_convention(read_metrics(path), args.convention, path)
+                          for path in (args.scratch, args.grown))
         for name in ("at_loss", "add_base_flops"):
             value = getattr(args, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise UsageError(f"--{name} must be a finite number of at least 0, got {value}")
         for r in grown:
             r["flops"] += args.add_base_flops
-        res = speedup(scratch, grown, args.at_loss, args.column, args.smooth)
+        res = speedup(scratch, grown, args.at_loss, args.column, args.smooth, args.convention)
         warnings = list(res["warnings"])
         if len(grown) > 1 and res["grown"]["base_flops"] <= 1e-6 * grown[-1]["flops"]:
             warnings.append(f"{args.grown}: FLOPs start at 0, so the base model's cost is not counted "

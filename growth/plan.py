@@ -9,9 +9,10 @@ Given the target's parameter count N and the compute budget C (or the scratch to
   fit "mediocre" (too little data) and recommend g = 4 instead.
 * configs: registered targets close to N that have a registered base of the same layer shape with
   n_layer = target n_layer / g (so the base grows into the target by copying layers).
-* FLOPs split: C = C_base + C_target, C_base = 6 n d, C_target = 6 N D', in two accountings: exact (n = the
-  base's parameter count) and the paper's (the base costs d / g target tokens, i.e. n = N / g; §5.4: at
-  g = 4, d = 10B base tokens + D' = 97.5B target tokens cost as much as 100B scratch tokens).
+* FLOPs split: C = C_base + C_target in the two conventions of lit_gpt/flops.py: exact (each config's own FLOPs
+  per token at --seq_len, attention and embeddings included) and the paper's (C = 6 N D, the base costs d / g
+  target tokens; §5.4: at g = 4, d = 10B base tokens + D' = 97.5B target tokens cost as much as 100B scratch
+  tokens). Eq. 2 always takes the paper's C = 6 N D, the convention it was fitted in.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from lit_gpt.cli import ArgumentParser, parse_count  # noqa: F401 - shared with the training flags; also this module's API
 from lit_gpt.config import param_count  # noqa: F401 - also part of this module's API
+from lit_gpt.flops import CONVENTIONS, PAPER_FLOPS_PER_PARAM
 
 DEFAULT_G = 4
-FLOPS_PER_PARAM_TOKEN = 6  # C = 6 N D
 FIT_N_RANGE = (410e6, 3e9)  # the targets Eq. 2 was fitted on (App. G.1)
 _ALTERNATIVE_RATIO = 1.25  # the text lists other pairs whose target is within this factor of N (JSON: all)
 _EQ2 = "log10(d) = 0.88 log10(N) + 163.27 / log10(C) - 5.74"
@@ -106,7 +107,7 @@ def growth_factor_fit(N: float, C: float) -> float:
 def budget_flops(N: float, D: float) -> float:
     """C = 6 N D."""
     _check_positive(N=N, D=D)
-    return FLOPS_PER_PARAM_TOKEN * N * D
+    return PAPER_FLOPS_PER_PARAM * N * D
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -163,88 +164,125 @@ def suggest_configs(N: float, g: int = DEFAULT_G, registry: Optional[Mapping[str
 
 @dataclass(frozen=True)
 class Split:
-    accounting: str  # "exact" (n given) or "d/g" (n = N / g, the paper's)
-    base_params: float  # n
+    convention: str  # "exact" or "paper" (lit_gpt/flops.py)
+    base_flops_per_token: float  # exact: flops_per_token(base, T); paper: 6 N / g
+    target_flops_per_token: float  # exact: flops_per_token(target, T); paper: 6 N
     base_tokens: float  # d
-    base_flops: float  # 6 n d
+    base_flops: float
     base_share: float  # of C
-    base_scratch_tokens: float  # C_base / (6 N): target tokens the base stage costs
+    base_scratch_tokens: float  # C_base / target FLOPs per token: target tokens the base stage costs
     target_tokens: float  # D', tokens left for the target after growth
-    target_flops: float  # 6 N D'
+    target_flops: float
     target_share: float
     total_flops: float  # C
-    scratch_tokens: float  # C / (6 N)
+    scratch_tokens: float  # C / target FLOPs per token
 
 
-def flops_split(N: float, C: float, d: float, g: int = DEFAULT_G, base_params: Optional[float] = None) -> Split:
-    """Splits the budget C between the base stage (6 n d) and the target stage (6 N D'), C_base + C_target = C.
-
-    n is `base_params` when given ("exact"), else N / g: the paper's accounting, where the base costs d / g
-    target tokens (§5.4). Raises ValueError when the base stage alone uses the whole budget."""
-    _check_positive(N=N, C=C, d=d)
-    if base_params is None:
-        if not isinstance(g, (int, float)) or g <= 0:
-            raise ValueError(f"g must be positive, got {g!r}")
-        n, accounting = N / g, "d/g"
-    else:
-        _check_positive(base_params=base_params)
-        n, accounting = base_params, "exact"
-    base_flops = FLOPS_PER_PARAM_TOKEN * n * d
+def flops_split(convention: str, base_fpt: float, target_fpt: float, d: float, C: float) -> Split:
+    """Splits the budget C (FLOPs) between the base stage (d tokens at `base_fpt` FLOPs each) and the target stage,
+    C_base + C_target = C, in one convention (lit_gpt/flops.py): `paper_split` and `exact_split` give the FLOPs
+    per token. Raises ValueError when the base stage alone uses the whole budget."""
+    _check_positive(base_fpt=base_fpt, target_fpt=target_fpt, C=C, d=d)
+    base_flops = base_fpt * d
     target_flops = C - base_flops
     if target_flops <= 0:
-        raise ValueError(f"the base stage alone (6 n d with n = {format_count(n)} params, d = {format_count(d)} "
-                         f"tokens: {format_sci(base_flops)} FLOPs) costs {_format_ratio(base_flops / C)}x the whole "
+        raise ValueError(f"the base stage alone ({format_count(d)} tokens at {format_sci(base_fpt)} FLOPs each: "
+                         f"{format_sci(base_flops)} FLOPs) costs {_format_ratio(base_flops / C)}x the whole "
                          f"budget C = {format_sci(C)}; Eq. 2 does not fit budgets this small")
-    return Split(accounting=accounting, base_params=n, base_tokens=d, base_flops=base_flops,
-                 base_share=base_flops / C, base_scratch_tokens=base_flops / (FLOPS_PER_PARAM_TOKEN * N),
-                 target_tokens=target_flops / (FLOPS_PER_PARAM_TOKEN * N), target_flops=target_flops,
-                 target_share=target_flops / C, total_flops=C, scratch_tokens=C / (FLOPS_PER_PARAM_TOKEN * N))
+    return Split(convention=convention, base_flops_per_token=base_fpt, target_flops_per_token=target_fpt,
+                 base_tokens=d, base_flops=base_flops, base_share=base_flops / C,
+                 base_scratch_tokens=base_flops / target_fpt, target_tokens=target_flops / target_fpt,
+                 target_flops=target_flops, target_share=target_flops / C, total_flops=C,
+                 scratch_tokens=C / target_fpt)
+
+
+def paper_split(N: float, C: float, d: float, g: float = DEFAULT_G) -> Split:
+    """The paper's accounting (§5.4): C = 6 N D, the base has n = N / g parameters, so d base tokens cost d / g
+    target tokens (at g = 4, d = 10B and D' = 97.5B cost 100B scratch tokens)."""
+    _check_positive(N=N, g=g)
+    return flops_split("paper", PAPER_FLOPS_PER_PARAM * N / g, PAPER_FLOPS_PER_PARAM * N, d, C)
+
+
+def exact_split(target: Any, base: Any, seq_len: int, d: float, C: Optional[float] = None,
+                D: Optional[float] = None) -> Split:
+    """Exact FLOPs (`lit_gpt.flops.flops_per_token` of both configs at `seq_len`-token sequences, attention and
+    embeddings included). The budget is C FLOPs, or D scratch tokens of the target (C = its FLOPs per token x D)."""
+    from lit_gpt.flops import flops_per_token
+
+    target_fpt = flops_per_token(target, seq_len)
+    return flops_split("exact", flops_per_token(base, seq_len), target_fpt, d, C if C is not None else target_fpt * D)
 
 
 # ----------------------------------------------------------------------------------------------- the plan
 
 
-def make_plan(N: float, C: Optional[float] = None, D: Optional[float] = None, g: int = DEFAULT_G,
-              base_params: Optional[float] = None) -> dict:
-    """Everything `python -m growth plan` prints, as a JSON-ready dict. Give exactly one of C and D."""
+def make_plan(N: Optional[float] = None, C: Optional[float] = None, D: Optional[float] = None, g: int = DEFAULT_G,
+              pair: Optional[Sequence[str]] = None, seq_len: int = 2048,
+              conventions: Sequence[str] = ("exact", "paper"), base_tokens: Optional[float] = None) -> dict:
+    """Everything `python -m growth plan` prints, as a JSON-ready dict. Give exactly one of C and D.
+
+    `pair` (target, base) names the configs (names or lit_config.json paths) of the exact split; by default the
+    best suggested pair. N defaults to the pair's target's parameter count. Splits not in `conventions` are None.
+    `base_tokens` replaces Eq. 2's d in the splits (the growth timing is still reported).
+    Raises ValueError for bad numbers or configs, and a base stage that eats the budget."""
+    from lit_gpt.config import Config
+
     if (C is None) == (D is None):
         raise ValueError("give exactly one of the FLOPs budget C and the token budget D")
+    configs = None
+    if pair is not None:
+        configs = [Config.load(name) for name in pair]
+        _check_pair(*configs)
+        N = param_count(configs[0]) if N is None else N
+    if N is None:
+        raise ValueError("give the target's parameter count N (--params) or its config (--target)")
     _check_positive(N=N)
-    if C is None:
-        C = budget_flops(N, D)
-    _check_budget(C)
-    d = growth_timing(N, C)
+    paper_C = C if C is not None else budget_flops(N, D)
+    _check_budget(paper_C)
+    d = growth_timing(N, paper_C)
+    split_d = d if base_tokens is None else base_tokens
     pairs = suggest_configs(N, g)
     best = pairs[0] if pairs else None
-    exact_n = base_params if base_params is not None else (best.base_params if best else None)
-    exact = flops_split(N, C, d, g, exact_n) if exact_n is not None else None
-    paper = flops_split(N, C, d, g)
+    if configs is None and best is not None:
+        configs = [Config.load(best.target), Config.load(best.base)]
+    exact = (exact_split(*configs, seq_len, split_d, C, D) if configs is not None and "exact" in conventions
+             else None)
+    paper = paper_split(N, paper_C, split_d, g) if "paper" in conventions else None
     notes = []
     if not FIT_N_RANGE[0] * 0.9 <= N <= FIT_N_RANGE[1] * 1.1:
         notes.append(f"N = {format_count(N, zeros=False)} is outside the targets Eq. 2 was fitted on (410M to 3B): "
                      "d is an extrapolation (the paper's Table 4 extrapolates the same way, to 70B)")
     if g != DEFAULT_G:
         notes.append(f"Eq. 2 was fitted at g = 4; the paper gives no growth timing for g = {g}")
-    if best is None:
+    if best is None and pair is None:
         notes.append(f"no registered config pair with a {g}x layer ratio has a target within 2x of "
-                     f"N = {format_count(N, zeros=False)}; add configs to lit_gpt/config.py")
-    elif abs(math.log(best.ratio)) > math.log(1.1):
+                     f"N = {format_count(N, zeros=False)}; add configs to lit_gpt/config.py, or name them with "
+                     "--target and --base, for the exact split")
+    elif pair is None and abs(math.log(best.ratio)) > math.log(1.1):
         notes.append(f"the nearest registered target, {best.target}, has {format_count(best.target_params)} "
-                     f"params ({best.ratio - 1:+.0%} vs N); the exact split uses its base's count against your N")
-    if exact is not None and base_params is None and abs(exact.base_params * g / N - 1) > 0.05:
+                     f"params ({best.ratio - 1:+.0%} vs N); the exact split uses its shapes")
+    if exact is not None and paper is not None and abs(exact.base_scratch_tokens / paper.base_scratch_tokens - 1) > .05:
         notes.append(f"the exact base cost is {exact.base_scratch_tokens / paper.base_scratch_tokens:.2f}x the "
-                     f"paper's d/g estimate: embeddings and lm_head do not shrink with depth (§5.4)")
+                     f"paper's d/g: embeddings and lm_head do not shrink with depth, attention grows with it (§5.4)")
     return {
-        "params": N, "flops": C, "tokens": C / (FLOPS_PER_PARAM_TOKEN * N), "tokens_given": D is not None,
-        "growth_timing": {"d": d, "equation": _EQ2 + ", C = 6 N D (Eq. 2)"},
-        "growth_factor": {"g": g, "recommended": DEFAULT_G, "eq50": growth_factor_fit(N, C),
+        "params": N, "flops": paper_C, "tokens": paper_C / (PAPER_FLOPS_PER_PARAM * N), "tokens_given": D is not None,
+        "growth_timing": {"d": d, "equation": _EQ2 + ", C = 6 N D (Eq. 2)"}, "base_tokens": split_d,
+        "base_tokens_given": base_tokens is not None,
+        "growth_factor": {"g": g, "recommended": DEFAULT_G, "eq50": growth_factor_fit(N, paper_C),
                           "equation": _EQ50 + " (Eq. 50)", "warning": _EQ50_WARNING},
         "configs": [asdict(p) for p in pairs],
-        "split": {"exact": asdict(exact) if exact else None, "d_over_g": asdict(paper),
-                  "exact_base_source": None if exact is None else ("--base_params" if base_params is not None
-                                                                   else best.base)},
+        "split": {"exact": asdict(exact) if exact else None, "paper": asdict(paper) if paper else None,
+                  "exact_configs": None if configs is None else {"target": configs[0].name, "base": configs[1].name,
+                                                                 "seq_len": seq_len,
+                                                                 "given": pair is not None}},
         "notes": notes,
     }
+
+
+def _check_pair(target: Any, base: Any) -> None:
+    from growth.operators import check_no_shrink
+
+    check_no_shrink(base, target)
 
 
 def format_plan(plan: dict) -> str:
@@ -259,7 +297,9 @@ def format_plan(plan: dict) -> str:
         "G_stack growth plan (Du et al. 2024, stacking-paper.md §4.1, §5.4, §7)",
         f"  target params N    {format_count(N, zeros=False)}",
         f"  budget             {budget}",
-        f"growth timing d      {format_count(plan['growth_timing']['d'])} tokens on the base before stacking",
+        f"growth timing d      {format_count(plan['growth_timing']['d'])} tokens on the base before stacking"
+        + (f" (the splits use --base_tokens {format_count(plan['base_tokens'], zeros=False)})"
+           if plan["base_tokens_given"] else ""),
         f"  Eq. 2              {_EQ2}",
         f"growth factor g      {g} ({why})",
         f"  Eq. 50 fit         g = {gf['eq50']:.3g} from {_EQ50}",
@@ -277,13 +317,13 @@ def format_plan(plan: dict) -> str:
         lines.append(f"configs (g = {g})      none registered (see notes)")
     split = plan["split"]
     if split["exact"] is not None:
-        source = split["exact_base_source"]
-        lines += _split_lines(f"FLOPs split, exact (n = {format_count(split['exact']['base_params'])} params, "
-                              f"{'from ' + source if source.startswith('--') else 'the base ' + source}):",
-                              split["exact"])
-    lines += _split_lines(f"FLOPs split, paper's d/g accounting (n = N/g = "
-                          f"{format_count(split['d_over_g']['base_params'])}; the base costs d/g target tokens):",
-                          split["d_over_g"])
+        cfg = split["exact_configs"]
+        lines += _split_lines(f"FLOPs split, exact convention ({cfg['target']} <- {cfg['base']}"
+                              f"{' (given)' if cfg['given'] else ''}, {cfg['seq_len']}-token sequences; each "
+                              "model's own FLOPs per token, attention included):", split["exact"])
+    if split["paper"] is not None:
+        lines += _split_lines("FLOPs split, paper's convention (6 N D; the base has N/g params, so it costs d/g "
+                              "target tokens):", split["paper"])
     if plan["notes"]:
         lines.append("notes:")
         lines += [f"  - {note}" for note in plan["notes"]]
@@ -293,11 +333,13 @@ def format_plan(plan: dict) -> str:
 def _split_lines(title: str, s: dict) -> List[str]:
     return [
         title,
-        f"  base stage         6 n d  = {format_sci(s['base_flops'])} FLOPs ({s['base_share']:.1%}) "
+        f"  FLOPs per token    base {format_sci(s['base_flops_per_token'])}, target "
+        f"{format_sci(s['target_flops_per_token'])}",
+        f"  base stage         {format_sci(s['base_flops'])} FLOPs ({s['base_share']:.1%}) "
         f"= {format_count(s['base_scratch_tokens'])} scratch-equivalent tokens (d = {format_count(s['base_tokens'])})",
-        f"  target stage       6 N D' = {format_sci(s['target_flops'])} FLOPs ({s['target_share']:.1%}), "
+        f"  target stage       {format_sci(s['target_flops'])} FLOPs ({s['target_share']:.1%}), "
         f"D' = {format_count(s['target_tokens'])} tokens after growth",
-        f"  total              C      = {format_sci(s['total_flops'])} FLOPs = "
+        f"  total              C = {format_sci(s['total_flops'])} FLOPs = "
         f"{format_count(s['scratch_tokens'])} scratch tokens",
     ]
 
@@ -326,8 +368,8 @@ def _growth_factor(text: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m growth plan --params N (--flops C | --tokens D) [--base_params n] [--g G] [--json]`: prints the
-    plan and returns 0, or one `error:` line on stderr and 1."""
+    """`python -m growth plan (--params N | --target T --base B) (--flops C | --tokens D) [--g G] [--seq_len T]
+    [--convention exact|paper] [--json]`: prints the plan and returns 0, or one `error:` line on stderr and 1."""
     parser = ArgumentParser(
         prog="python -m growth plan",
         description="Plan a G_stack run from the guidelines of Du et al. 2024: growth timing d (Eq. 2), growth "
@@ -335,22 +377,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "of the FLOPs budget between the base and the grown target.",
         epilog="Numbers take K/M/B/T suffixes (B = 1e9, T = 1e12) or exponents: 7e9, 7B, 1.1B, 300B, 2T, 8e20. "
                "Example: python -m growth plan --params 1.1B --tokens 100B")
-    parser.add_argument("--params", type=_positive_count, required=True, metavar="N",
-                        help="target model parameter count N, e.g. 1.1B or 7e9")
+    parser.add_argument("--params", type=_positive_count, metavar="N",
+                        help="target model parameter count N, e.g. 1.1B or 7e9 (default: --target's)")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--flops", type=_positive_count, metavar="C",
                         help="total compute budget C in FLOPs, base stage included, e.g. 8e20")
     budget.add_argument("--tokens", type=_positive_count, metavar="D",
                         help="budget as tokens of a from-scratch run of the target: C = 6 N D, e.g. 100B")
-    parser.add_argument("--base_params", type=_positive_count, metavar="n",
-                        help="the base model's parameter count for the exact FLOPs split (default: the suggested "
-                             "base config's count); the paper's d/g accounting is printed as well")
+    parser.add_argument("--target", help="the target's config (a name or a lit_config.json) for the exact split "
+                        "(default: the suggested pair); give --base with it")
+    parser.add_argument("--base", help="the base's config for the exact split; give --target with it")
+    parser.add_argument("--base_tokens", type=_positive_count, metavar="d",
+                        help="tokens the base trains before growth, for the FLOPs split (default: Eq. 2's d)")
+    parser.add_argument("--seq_len", type=int, default=2048, metavar="T",
+                        help="training sequence length of the exact split's attention FLOPs (default 2048)")
+    parser.add_argument("--convention", choices=CONVENTIONS, default=None,
+                        help="print only this FLOPs split: exact (lit_gpt.flops.flops_per_token of both configs) "
+                             "or paper (6 N D, the base at d/g target tokens); default: both")
     parser.add_argument("--g", type=_growth_factor, default=DEFAULT_G, metavar="G",
                         help="growth factor: target layers / base layers (default 4, the paper's recommendation)")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object instead of text")
     try:
         args = parser.parse_args(argv)
-        plan = make_plan(args.params, C=args.flops, D=args.tokens, g=args.g, base_params=args.base_params)
+        if (args.target is None) != (args.base is None):
+            parser.error("--target and --base go together (the exact split needs both configs)")
+        if args.params is None and args.target is None:
+            parser.error("give the target's parameter count (--params N) or its config (--target with --base)")
+        if args.seq_len < 1:
+            parser.error(f"--seq_len must be positive, got {args.seq_len}")
+        plan = make_plan(args.params, C=args.flops, D=args.tokens, g=args.g,
+                         pair=(args.target, args.base) if args.target else None, seq_len=args.seq_len,
+                         conventions=(args.convention,) if args.convention else CONVENTIONS,
+                         base_tokens=args.base_tokens)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     except ValueError as e:

@@ -19,6 +19,9 @@ from typing import Any, Dict, Mapping, Optional
 from lit_gpt.config import Config, param_count
 
 CONVENTIONS = ("exact", "paper")
+PAPER_FLOPS_PER_PARAM = 6  # C = 6 N D: forward and backward of every parameter, once per token
+CONVENTION_NOTE = {"exact": "exact FLOPs: each model's own per-token count, attention included",
+                   "paper": "paper's convention: 6 N D, the base at d/g target tokens"}
 CONVENTION_HELP = ("compute accounting: exact (each model's own FLOPs per token, attention included: what "
                    "training logs) or paper (6 N D with N the target's parameters; a base trained on d tokens "
                    "costs d/g target tokens, g the growth factor; paper §5.4) (default: exact)")
@@ -43,7 +46,7 @@ def flops_per_token(config: Config, seq_len: int) -> float:
 
 def paper_flops_per_token(config: Config) -> float:
     """The paper's C = 6 N D per token: 6 x every parameter of the model, embedding included, no attention."""
-    return 6.0 * param_count(config)
+    return float(PAPER_FLOPS_PER_PARAM * param_count(config))
 
 
 def growth_factor(base: Config, target: Config) -> float:
@@ -79,6 +82,7 @@ def run_accounting(config: Config, seq_len: int, tokens: float, flops: float,
     scratch_tokens {exact: flops / flops_per_token(config, seq_len), paper: tokens + base's d / g}."""
     growth = growth or {}
     paper_tokens = tokens + (growth.get("base_scratch_tokens_paper") or 0)
-    return {"total_tokens": tokens + (growth.get("base_total_tokens") or 0),
+    earlier = growth.get("base_total_tokens", growth.get("base_tokens"))  # records before base_total_tokens
+    return {"total_tokens": tokens + (earlier or 0),
             "paper_flops": paper_flops_per_token(config) * paper_tokens,
             "scratch_tokens": {"exact": flops / flops_per_token(config, seq_len), "paper": paper_tokens}}

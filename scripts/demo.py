@@ -275,7 +275,8 @@ def render(res: dict, seconds: float) -> str:
         f"- Here G_stack ends at val loss {stack['val_loss']:.4f} against {scratch['val_loss']:.4f} for the 8-layer "
         f"model trained from scratch on the same FLOPs, and {small['val_loss']:.4f} for the 4-layer model trained "
         "on all of them. Speedup is FLOPs_scratch / FLOPs_run - 1 at the scratch run's final loss, as the paper "
-        "defines it (§5.4); one seed, so differences of a few hundredths in loss are within run-to-run noise.",
+        "defines it (§5.4), in exact FLOPs (lit_gpt/flops.py: each model at its own FLOPs per token; the paper's "
+        "convention would count the base at d/g target tokens); one seed, so differences of a few hundredths in loss are within run-to-run noise.",
         f"- The paper's claim holds for targets trained on ~90 tokens per parameter (billions of tokens); this "
         f"miniature trains the 8-layer target on {tpp:.2f} tokens per parameter, far outside that regime. "
         "Whatever this table says, it does not test the paper's claim; `scripts/reproduce.py small-gpu` is the "

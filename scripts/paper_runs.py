@@ -62,6 +62,15 @@ class Grow:
     layers: Optional[str] = None
     noise: float = 0.0
     learn_steps: int = 100  # G_learn's operator fit: LiGO's ~100 steps; the paper does not say (reference §3.3)
+    split: Optional[str] = None  # direct-width's --split
+    init: Optional[str] = None  # --init of the operators that create random parameters
+
+    def flags(self) -> List[str]:
+        """The operator options of its `python -m growth grow/learn` command."""
+        out = ["--layers", self.layers] if self.layers else []
+        out += ["--noise", str(self.noise)] if self.noise else []
+        out += ["--split", self.split] if self.split else []
+        return out + (["--init", self.init] if self.init else [])
 
 
 @dataclass(frozen=True)
@@ -78,10 +87,12 @@ class Run:
     extra: Tuple[Tuple[str, object], ...] = ()  # more TrainArgs fields
     snapshot: Optional[int] = None  # also export the weights at this many tokens (a mid-run checkpoint)
     recipe: Optional[str] = None  # a stage of this `python -m growth stages` recipe, not a recipe of its own
+    convention: Optional[str] = None  # lit_gpt/flops.py convention its tokens match the scratch budget in, if any
 
     @property
     def steps(self) -> int:
-        return max(1, self.tokens // (self.family.batch * self.family.seq))  # what pretrain/tinyllama.py trains
+        # what pretrain/tinyllama.py trains: at least one step, none for max_tokens 0 (a d = 0 base)
+        return max(1 if self.tokens else 0, self.tokens // (self.family.batch * self.family.seq))
 
     @property
     def trained_tokens(self) -> int:
@@ -120,6 +131,13 @@ DATA_NOTE = ("skip_tokens is unset on purpose: the run skips the tokens its base
              "fresh data; the official g_stack.sh re-read about 7.9B of them (reference §5.3).")
 
 
+OFFICIAL_INIT = ("New parameters use --init official, the released code's fan-in init (new attn.proj std 1.4e-2 at "
+                 "24L2048H vs upstream's 9.2e-4): the paper's Fig. 3 came from that code (reference §2).")
+LEMON_SPLIT = ("--split lemon: LEMON's uneven fan-in split, which the paper says it uses to break the copies' "
+               "symmetry (App. A.1.1); with the released code's even split the copies get equal gradients and never "
+               "diverge.")
+
+
 def base_lr(family: Family) -> float:
     return float(f"{min(1e-3, family.lr * 10 / 3):.0e}")
 
@@ -152,16 +170,20 @@ OP_TEXT = {"stack": "G_stack (G↑direct, whole-model stacking)", "zero-depth": 
 
 def _grown(family: Family, name: str, grow: Grow, base: Run, tokens: Optional[int] = None, why: str = "",
            extra: Tuple[Tuple[str, object], ...] = (), snapshot: Optional[int] = None, model: Optional[str] = None,
-           recipe: Optional[str] = None) -> Run:
-    if tokens is None:  # the paper's accounting: d/g + D = T (e.g. 10B/4 + 97.5B = 100B)
+           recipe: Optional[str] = None, convention: Optional[str] = "paper") -> Run:
+    """A grown run; without `tokens`, D follows the paper's convention d/g + D = T (e.g. 10B/4 + 97.5B = 100B).
+    `convention` names the lit_gpt/flops.py convention in which its budget equals the scratch run's (None: none)."""
+    if tokens is None:
         tokens = round(family.scratch_tokens - base.tokens / grow.g)
-    how = f"`python -m growth {'learn' if grow.op.startswith('learn') else 'grow'} --op {grow.op}" + (
-        f" --layers {grow.layers}" if grow.layers else "") + (f" --noise {grow.noise}" if grow.noise else "") + "`"
+    how = f"`python -m growth {'learn' if grow.op.startswith('learn') else 'grow'} --op {grow.op}" + "".join(
+        f" {flag}" for flag in grow.flags()) + "`"
     about = (f"{OP_TEXT.get(grow.op, grow.op)}: {model or family.target} grown from {base.key} ({base.model}, "
              f"d = {format_tokens(base.tokens)}) by {how}, then D = {format_tokens(tokens)} tokens. {why} Fresh AdamW "
              f"and a new warm-up, as the paper restarts both at growth. {DATA_NOTE}").replace("  ", " ")
+    if convention:
+        about += f" Budget convention: {convention} (scratch-equivalent tokens = {family.scratch_tokens:,})."
     return Run(f"{family.name}-{name}", family, name, model or family.target, tokens, family.lr, family.micro, about,
-               grow, extra, snapshot, recipe)
+               grow, extra, snapshot, recipe, convention)
 
 
 def _runs() -> Dict[str, Run]:
@@ -177,16 +199,19 @@ def _runs() -> Dict[str, Run]:
                "tokens in the paper's accounting (§3.1, §5.4)."))
     add(_grown(F11, "zero-depth", Grow(b6.key, "zero-depth", 4, layers="interleave"), b6,
                why="Interleaved order (112233...) as the official G_zero_depthwise.py does (reference §3.4)."))
-    add(_grown(F11, "random-depth", Grow(b6.key, "random-depth", 4), b6, extra=(("mask_ramp_steps", 5000),),
+    add(_grown(F11, "random-depth", Grow(b6.key, "random-depth", 4, init="official"), b6,
+               extra=(("mask_ramp_steps", 5000),),
                why="New layers on top, their residual branches ramped 0 -> 1 over 5000 steps (the official code's "
-                   "grow_step; the paper does not give it)."))
+                   f"grow_step; the paper does not give it). {OFFICIAL_INIT}"))
     add(_grown(F11, "learn-depth", Grow(b6.key, "learn-depth", 4), b6,
                why="The operator is fitted for 100 steps first (LiGO's count; the paper gives none)."))
-    add(_grown(F11, "direct-width", Grow(bw.key, "direct-width", 4), bw, why="Neuron splitting, even fan-in split."))
-    add(_grown(F11, "zero-width", Grow(bw.key, "zero-width", 4), bw,
-               why="New fan-out rows zero (function-preserving)."))
-    add(_grown(F11, "random-width", Grow(bw.key, "random-width", 4), bw, extra=(("mask_ramp_steps", 5000),),
-               why="MSG masks ramped in three phases of 5000 steps (the official default)."))
+    add(_grown(F11, "direct-width", Grow(bw.key, "direct-width", 4, split="lemon"), bw,
+               why=f"Neuron splitting. {LEMON_SPLIT}"))
+    add(_grown(F11, "zero-width", Grow(bw.key, "zero-width", 4, init="official"), bw,
+               why=f"New fan-out rows zero (function-preserving). {OFFICIAL_INIT}"))
+    add(_grown(F11, "random-width", Grow(bw.key, "random-width", 4, init="official"), bw,
+               extra=(("mask_ramp_steps", 5000),),
+               why=f"MSG masks ramped in three phases of 5000 steps (the official default). {OFFICIAL_INIT}"))
     add(_grown(F11, "learn-width", Grow(bw.key, "learn-width", 4), bw,
                why="The operator is fitted for 100 steps first (LiGO's count; the paper gives none)."))
     for spec in PARTIAL[1:]:
@@ -223,13 +248,15 @@ def _runs() -> Dict[str, Run]:
             ("stack-8L-noise0.2", Grow(b8.key, "stack", 3, noise=0.2), "Noise alpha = 0.2 (§5.2, App. I.2)."),
             ("stack-8L-noise0.5", Grow(b8.key, "stack", 3, noise=0.5), "Noise alpha = 0.5, above the 20% the paper "
                                                                        "finds harmful.")):
-        add(_grown(F8, name, grow, b8, tokens=40 * B, why=why + " All 8 -> 24 runs train D = 40B."))
+        add(_grown(F8, name, grow, b8, tokens=40 * B, why=why + " All 8 -> 24 runs train D = 40B.", convention=None))
     for name, noise in (("direct-width-40B", 0.0), ("direct-width-40B-noise0.2", 0.2)):
-        add(_grown(F11, name, Grow(bw.key, "direct-width", 4, noise=noise), bw, tokens=40 * B,
-                   why=f"Noise ablation of G→direct, alpha = {noise}, compared after 40B tokens (§5.2)."))
+        add(_grown(F11, name, Grow(bw.key, "direct-width", 4, noise=noise, split="lemon"), bw, tokens=40 * B,
+                   why=f"Noise ablation of G→direct, alpha = {noise}, compared after 40B tokens (§5.2). "
+                       f"{LEMON_SPLIT}", convention=None))
     # gradual stacking: 6L -> 12L -> 24L, each stage trained on 10B (the text; Fig. 33's legend says 50B)
     g6 = _base(F11, "gradual/6L", "6L2048H", 10 * B, 32, "Gradual stacking, stage 1.")
     g12 = _grown(F11, "gradual/12L", Grow(g6.key, "stack", 2, layers="top"), g6, tokens=10 * B, model="12L2048H",
+                 convention=None,
                  why="Gradual stacking, stage 2 (doubling: the top block is the whole stack).", recipe="gradual_stack")
     g12 = dataclasses.replace(g12, lr=base_lr(F11), micro=16)
     g24 = _grown(F11, "gradual/24L", Grow(g12.key, "stack", 2, layers="top"), g12, tokens=92_500_000_000,
@@ -268,7 +295,7 @@ def _runs() -> Dict[str, Run]:
     add(_grown(FSMALL, "stack", Grow(sb.key, "stack", 4), sb, tokens=exact,
                why=f"D = 5B - {format_tokens(5 * B - exact)} (rounded to whole steps): the base's exact FLOPs, so "
                    f"G_stack and scratch cost the same. Embeddings are {embedding_share:.0%} of this model, so the "
-                   f"base costs {ratio:.2f}x the paper's d/g estimate."))
+                   f"base costs {ratio:.2f}x the paper's d/g estimate.", convention="exact"))
 
     # ---- the whole pipeline in minutes on CPU (no paper number): base 10 steps, G_stack g = 2, scratch 40 steps
     smoke = _base(FSMOKE, "base-2L128H", "2L128H", 20_480, 8, "The smoke test's base: 10 steps on the sample data.")

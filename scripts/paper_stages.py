@@ -32,7 +32,7 @@ def micro_for(micro: int, batch: int, world: int) -> int:
                      "number of GPUs that divides it")
 
 
-def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
+def build_stages(exp: Experiment, root: str, world: int, convention: str = "exact") -> List[Stage]:
     stages: List[Stage] = []
     default_root = root == DEFAULT_OUT
 
@@ -56,10 +56,7 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
             learn = run.grow.op.startswith("learn")
             args = ["-m", "growth", "learn" if learn else "grow", "--src", src, "--target", run.model,
                     "--op", run.grow.op]
-            if run.grow.layers:
-                args += ["--layers", run.grow.layers]
-            if run.grow.noise:
-                args += ["--noise", str(run.grow.noise)]
+            args += run.grow.flags()
             if learn:
                 args += ["--train_data_dir", run.family.train_data, "--steps", str(run.grow.learn_steps),
                          "--device", "cuda"]
@@ -125,11 +122,11 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
     report = f"{root}/report/{exp.name}"
     for ref, other in exp.speedups:
         r, o = RUNS[ref], RUNS[other]
+        result = Path(f"{report}/speedup-{o.name.replace('/', '-')}-{convention}.json")
         stages.append(Stage(f"speedup:{other}", "speedup",
-                            ["eval/speedup.py", "--scratch", out_dir(r, root), "--grown", out_dir(o, root), "--json"],
-                            Path(f"{report}/speedup-{o.name.replace('/', '-')}.json"),
-                            _present([_train_id(ref), _train_id(other)], stages),
-                            stdout=Path(f"{report}/speedup-{o.name.replace('/', '-')}.json")))
+                            ["eval/speedup.py", "--scratch", out_dir(r, root), "--grown", out_dir(o, root),
+                             "--convention", convention, "--json"],
+                            result, _present([_train_id(ref), _train_id(other)], stages), stdout=result))
     for stem, labels, paper in exp.tables:
         args = ["eval/table.py", *[results[label] for label in labels]] + (["--paper", paper] if paper else [])
         stages.append(Stage(f"table:{stem}", "table", args + ["--out", f"{report}/{stem}.md"],
@@ -137,9 +134,11 @@ def build_stages(exp: Experiment, root: str, world: int) -> List[Stage]:
                                                                    if lb in labels], stages)))
     trained = list(dict.fromkeys([RUNS[k.partition("@")[0]] for k, _ in exp.evals]))
     stages.append(Stage(f"plot:{exp.name}", "plot",
-                        ["eval/plot.py", *[out_dir(r, root) for r in trained], "--x", "flops", "--labels",
-                         ",".join(lb for k, lb in exp.evals if "@" not in k), "--out", f"{report}/loss-vs-flops.png"],
-                        Path(f"{report}/loss-vs-flops.png"), _present([_train_id(r.key) for r in trained], stages)))
+                        ["eval/plot.py", *[out_dir(r, root) for r in trained], "--x", "flops", "--convention",
+                         convention, "--labels", ",".join(lb for k, lb in exp.evals if "@" not in k), "--out",
+                         f"{report}/loss-vs-flops-{convention}.png"],
+                        Path(f"{report}/loss-vs-flops-{convention}.png"),
+                        _present([_train_id(r.key) for r in trained], stages)))
     return stages
 
 

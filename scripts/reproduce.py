@@ -60,6 +60,7 @@ from paper_runs import DEFAULT_OUT, RUNS, UsageError, budget, format_tokens  # n
 from paper_stages import build_stages  # noqa: E402
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.files import missing  # noqa: E402
+from lit_gpt.flops import CONVENTION_HELP, CONVENTIONS  # noqa: E402
 from stage_jobs import (SlurmOptions, Stage, display, local_argv, preflight, run_locally, sbatch_argv,  # noqa: E402
                         shell_join, submit)
 
@@ -172,6 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "experiment's, 4 for the paper's runs as in its scripts, 1 for small-gpu)")
     p.add_argument("--gpus_per_node", type=_positive_int, default=None,
                    help="GPUs per node (default 8; 1 for small-gpu)")
+    p.add_argument("--convention", choices=CONVENTIONS, default="exact", help="FLOPs convention of the speedup "
+                   "and plot stages (their files are named for it); the budget printed shows both. "
+                   + CONVENTION_HELP.partition(": ")[2])
     p.add_argument("--mfu", type=_positive_float, default=DEFAULT_MFU, help=f"model FLOPs utilisation for the "
                    f"GPU-hour estimate (default {DEFAULT_MFU}: ASSUMED, not measured)")
     p.add_argument("--gpu_flops", type=_positive_float, default=DEFAULT_PEAK, help="peak bf16 FLOP/s of one GPU "
@@ -219,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         root = DEFAULT_OUT if args.out_dir == DEFAULT_OUT else str(Path(args.out_dir).resolve())
         if (ROOT / root).exists() and (why := missing(ROOT / root, "directory")):
             raise UsageError(f"--out_dir {args.out_dir}: {why}; give the directory the runs are written under")
-        stages = build_stages(exp, root, nodes * gpus)
+        stages = build_stages(exp, root, nodes * gpus, args.convention)
     except SystemExit as exit_:  # --help, or bad flags (one line printed, 2)
         return int(exit_.code or 0)
     except UsageError as e:

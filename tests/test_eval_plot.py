@@ -32,7 +32,21 @@ def test_writes_png(runs, tmp_path, x, capsys):
     data = out.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 5000
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left behind
-    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert capsys.readouterr().out.startswith(f"wrote {out} (x: ")
+
+
+def test_paper_convention_starts_a_grown_curve_at_d_over_g(tmp_path, capsys):
+    """The same grown run (a 6L2048H base on 10B tokens, g = 4) starts at 2.5B scratch-equivalent tokens in the
+    paper's convention and at 2.85B in exact FLOPs (lit_gpt/flops.py)."""
+    from test_flops import B, _write
+
+    run = _write(tmp_path / "grown", 10 * B, 100 * B)
+    (paper, _), = plot.curves([run], "tokens", "val_loss", convention="paper")
+    (exact, _), = plot.curves([run], "tokens", "val_loss")
+    assert paper[0] - 1.05 * B == pytest.approx(2.5 * B) and exact[0] - 1.05 * B == pytest.approx(2.8512 * B, rel=1e-4)
+    out = tmp_path / "paper.png"
+    assert plot.main([str(run), "--convention", "paper", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"wrote {out} (x: tokens (scratch-equivalent, paper's 6ND, base at d/g))\n"
 
 
 def error_line(capsys, argv, code=1):  # 2: bad flags, as argparse

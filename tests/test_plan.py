@@ -7,6 +7,7 @@ import pytest
 
 from growth import __main__ as dispatcher
 from growth.plan import (
+    exact_split,
     flops_split,
     format_count,
     format_sci,
@@ -14,10 +15,12 @@ from growth.plan import (
     growth_timing,
     main,
     param_count,
+    paper_split,
     parse_count,
     suggest_configs,
 )
 from lit_gpt.config import Config, name_to_config
+from lit_gpt.flops import base_accounting, flops_per_token
 
 
 # Table 4 (Llama models, C = 6 N D): d printed with two decimals, in billions
@@ -107,10 +110,10 @@ def test_suggest_configs_other_factors_and_misses():
         suggest_configs(1e9, 1)
 
 
-def test_flops_split_paper_accounting():  # §5.4: at g = 4, 10B base + 97.5B target = 100B scratch tokens
+def test_paper_split():  # §5.4: at g = 4, 10B base + 97.5B target = 100B scratch tokens
     N = 1.364e9
-    s = flops_split(N, 6 * N * 100e9, d=10e9, g=4)
-    assert s.accounting == "d/g"
+    s = paper_split(N, 6 * N * 100e9, d=10e9, g=4)
+    assert s.convention == "paper"
     assert s.base_scratch_tokens == pytest.approx(2.5e9)
     assert s.target_tokens == pytest.approx(97.5e9)
     assert s.scratch_tokens == pytest.approx(100e9)
@@ -119,23 +122,26 @@ def test_flops_split_paper_accounting():  # §5.4: at g = 4, 10B base + 97.5B ta
     assert s.base_share == pytest.approx(0.025)
 
 
-def test_flops_split_exact():
-    N, n = 1_364_297_728, 439_379_968
-    s = flops_split(N, 8e20, d=10e9, base_params=n)
-    assert s.accounting == "exact" and s.base_params == n
-    assert s.base_flops == pytest.approx(6 * n * 10e9)
-    assert s.target_flops == pytest.approx(8e20 - 6 * n * 10e9)
-    assert s.target_tokens == pytest.approx(s.target_flops / (6 * N))
-    assert s.base_scratch_tokens == pytest.approx(10e9 * n / N)
+def test_exact_split_uses_lit_gpt_flops():
+    """The exact split is lit_gpt.flops.flops_per_token of both configs, as training logs it: the 10B-token
+    6L2048H base costs 2.85B 24L2048H tokens at 2048-token sequences, not the paper's 2.5B."""
+    target, base = Config.from_name("24L2048H"), Config.from_name("6L2048H")
+    s = exact_split(target, base, 2048, d=10e9, D=100e9)
+    assert s.convention == "exact"
+    assert s.base_flops == flops_per_token(base, 2048) * 10e9
+    assert s.total_flops == flops_per_token(target, 2048) * 100e9
+    assert s.base_scratch_tokens == pytest.approx(2.8512e9, rel=1e-4)
+    assert s.target_tokens == pytest.approx(100e9 - 2.8512e9, rel=1e-5)
+    assert exact_split(target, base, 2048, d=10e9, C=8e20).total_flops == 8e20
 
 
 def test_flops_split_refuses_a_base_that_eats_the_budget():
     with pytest.raises(ValueError, match="budget"):
-        flops_split(1e9, 6 * 1e9 * 1e9, d=10e9, g=4)
+        paper_split(1e9, 6 * 1e9 * 1e9, d=10e9, g=4)
     with pytest.raises(ValueError):
-        flops_split(1e9, 1e20, d=0)
+        paper_split(1e9, 1e20, d=0)
     with pytest.raises(ValueError):
-        flops_split(1e9, 1e20, d=1e9, base_params=-1)
+        flops_split("exact", -1, 1e9, 1e9, 1e20)
 
 
 @pytest.mark.parametrize("text, value", [("7e9", 7e9), ("7B", 7e9), ("1.1B", 1.1e9), ("300B", 300e9),
@@ -185,18 +191,33 @@ def test_main_text(capsys):
     assert "g = 2.17" in out and "mediocre" in out
     assert "target 24L2048H" in out and "base 6L2048H" in out
     assert "D = 100B scratch tokens" in out and "6.6e20 FLOPs" in out
-    assert "FLOPs split, exact" in out and "FLOPs split, paper's d/g" in out
+    assert "FLOPs split, exact convention (24L2048H <- 6L2048H, 2048-token" in out
+    assert "FLOPs split, paper's convention" in out
     assert "2.86B scratch-equivalent tokens" in out  # 11.4B / 4
     assert "D' = 97.1B" in out
 
 
-def test_main_flops_and_base_params(capsys):
-    assert main(["--params", "1.364e9", "--flops", "8e20", "--base_params", "439M", "--g", "4"]) == 0
+def test_main_agrees_with_the_paper_and_with_speedup(capsys):
+    """§5.4: d = 10B on 6L2048H, then 97.5B on 24L2048H, is 100B scratch tokens in the paper's convention: the
+    2.5B that eval/speedup.py --convention paper and training's paper_flops count for the same base."""
+    argv = ["--target", "24L2048H", "--base", "6L2048H", "--tokens", "100B", "--base_tokens", "10B"]
+    assert main([*argv, "--convention", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "FLOPs split, exact" not in out and "target params N    1.36B" in out
+    assert "= 2.50B scratch-equivalent tokens (d = 10.0B)" in out and "D' = 97.5B tokens after growth" in out
+    assert main([*argv, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    record = base_accounting(Config.from_name("6L2048H"), {"tokens": 10e9}, Config.from_name("24L2048H"))
+    assert plan["split"]["paper"]["base_scratch_tokens"] == pytest.approx(record["base_scratch_tokens_paper"])
+    assert plan["split"]["exact"]["base_scratch_tokens"] == pytest.approx(2.8512e9, rel=1e-4)
+    assert plan["split"]["exact_configs"] == {"target": "24L2048H", "base": "6L2048H", "seq_len": 2048, "given": True}
+
+
+def test_main_flops_budget(capsys):
+    assert main(["--params", "1.364e9", "--flops", "8e20", "--g", "4"]) == 0
     out = capsys.readouterr().out
     assert "C = 8e20 FLOPs" in out and "D = 97.8B" in out
-    assert "n = 439M params, from --base_params" in out
-    assert main(["--params", "1.364e9", "--flops", "8e20", "--base-params", "439M"]) == 0  # the old spelling
-    assert capsys.readouterr().out == out
+    assert "total              C = 8e20 FLOPs = 95.3B scratch tokens" in out  # exact: 8.4e9 FLOPs per token
 
 
 def test_main_json_matches_the_functions(capsys):
@@ -208,9 +229,9 @@ def test_main_json_matches_the_functions(capsys):
     assert plan["growth_factor"]["g"] == 4 and round(plan["growth_factor"]["eq50"]) == 19
     assert "mediocre" in plan["growth_factor"]["warning"]
     assert plan["configs"][0]["target"] in ("32L4096H", "tiny_LLaMA_7B")
-    assert plan["split"]["exact"]["accounting"] == "exact"
-    paper = plan["split"]["d_over_g"]
-    assert paper["base_params"] == pytest.approx(7e9 / 4)
+    assert plan["split"]["exact"]["convention"] == "exact"
+    paper = plan["split"]["paper"]
+    assert paper["base_flops_per_token"] == pytest.approx(6 * 7e9 / 4)
     assert paper["base_flops"] + paper["target_flops"] == pytest.approx(C)
     assert any("extrapolation" in note for note in plan["notes"])
 
@@ -227,7 +248,12 @@ def test_main_without_a_registered_pair(capsys):
     (["--params=-5B", "--tokens", "1T"], "--params: must be positive"),
     (["--params", "1B", "--tokens", "-1T"], "--tokens"),
     (["--params", "1B", "--flops", "0"], "--flops: must be positive"),
-    (["--params", "1B", "--tokens", "1T", "--base-params", "0"], "--base_params: must be positive"),
+    (["--params", "1B", "--tokens", "1T", "--base-tokens", "0"], "--base_tokens: must be positive"),
+    (["--params", "1B", "--tokens", "1T", "--target", "24L2048H"], "--target and --base go together"),
+    (["--target", "24L2048H", "--base", "nope", "--tokens", "1T"], "nope"),
+    (["--target", "6L2048H", "--base", "24L2048H", "--tokens", "1T"], "cannot shrink"),
+    (["--params", "1B", "--tokens", "1T", "--seq_len", "0"], "--seq_len must be positive"),
+    (["--params", "1B", "--tokens", "1T", "--convention", "both"], "--convention"),
     (["--params", "1B"], "one of the arguments --flops --tokens is required"),
     (["--params", "1B", "--tokens", "1T", "--flops", "1e20"], "not allowed with"),
     (["--tokens", "1T"], "--params"),
@@ -239,7 +265,7 @@ def test_main_without_a_registered_pair(capsys):
     (["--params", "1B", "--tokens", "1T", "--bogus"], "unrecognized arguments"),
 ])
 def test_main_errors(capsys, argv, message):
-    assert main(argv) == (1 if message in ("budget", "outside its range") else 2)  # 2: bad flags, as argparse
+    assert main(argv) == (1 if message in ("budget", "outside its range", "nope", "cannot shrink") else 2)  # 2: bad flags, as argparse
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("error: ") and err.count("\n") == 1
@@ -250,7 +276,8 @@ def test_main_help(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m growth plan")
-    for flag in ("--params", "--flops", "--tokens", "--base_params", "--g", "--json"):
+    for flag in ("--params", "--flops", "--tokens", "--target", "--base", "--base_tokens", "--seq_len",
+                 "--convention", "--g", "--json"):
         assert flag in out
 
 

@@ -134,6 +134,54 @@ def nominal_paper_tokens(run):
     return nominal_paper_tokens(rp.RUNS[run.grow.base]) / run.grow.g + run.tokens
 
 
+def test_recipes_carry_operator_options_and_budget_convention(capsys):
+    """Issue 12: G→direct splits unevenly (the paper's LEMON split; an even split never breaks the copies'
+    symmetry), the operators that create random parameters use the official code's init (Fig. 3 came from it),
+    every grown recipe names the convention its budget matches scratch in, and g is lit_gpt.flops.growth_factor."""
+    from lit_gpt.flops import growth_factor
+
+    grown = [r for r in rp.RUNS.values() if r.grow]
+    for run in grown:
+        base = rp.RUNS[run.grow.base]
+        assert run.grow.g == growth_factor(pr.load_config(base.model), pr.load_config(run.model)), run.key
+        assert run.grow.split == ("lemon" if run.grow.op == "direct-width" else None), run.key
+        wants_init = run.grow.op in ("random-depth", "zero-width", "random-width")
+        assert run.grow.init == ("official" if wants_init else None), run.key
+        text = recipes.recipe_path(run).read_text() if not run.recipe else ""
+        for flag in run.grow.flags():
+            assert not text or flag in text.replace("\n# ", " "), (run.key, flag)
+        if text and run.convention:
+            assert f"Budget convention: {run.convention}" in text.replace("\n# ", " "), run.key
+        scratch = next((r for r in rp.RUNS.values() if r.family is run.family and r.name == "scratch"), None)
+        if run.convention == "paper":
+            assert abs(rp.budget(run).paper_tokens - scratch.trained_tokens) <= 2 * run.family.batch * run.family.seq
+        elif run.convention == "exact":
+            assert abs(rp.budget(run).exact_tokens - scratch.trained_tokens) <= run.family.batch * run.family.seq
+    assert {r.convention for r in grown} == {"paper", "exact", None}
+    argvs = commands(dry_run(capsys, "operators-1.1b"))
+    grows = {argv[argv.index("--op") + 1]: argv for argv in argvs if "grow" in argv and "--op" in argv}
+    assert grows["direct-width"][grows["direct-width"].index("--split") + 1] == "lemon"
+    for op in ("random-depth", "zero-width", "random-width"):
+        assert grows[op][grows[op].index("--init") + 1] == "official"
+    assert "--init" not in grows["stack"] and "--split" not in grows["stack"]
+
+
+def test_a_d0_base_costs_nothing():
+    """Issue 12 item 7: the d = 0 base trains 0 steps (max_tokens 0), so its budget is 0, not one step."""
+    base = rp.RUNS["1.1b-base-6L2048H-d0"]
+    assert (base.steps, base.trained_tokens, rp.budget(base).flops) == (0, 0, 0)
+    stacked = rp.budget(rp.RUNS["1.1b-stack-d0"])
+    assert stacked.total == stacked.flops and stacked.paper_tokens == rp.RUNS["1.1b-stack-d0"].trained_tokens
+
+
+def test_reproduce_passes_its_convention_to_speedup_and_plot(capsys):
+    for convention in ("exact", "paper"):
+        argvs = commands(dry_run(capsys, "operators-1.1b", "--convention", convention))
+        tools = [argv for argv in argvs if any(a.endswith(("speedup.py", "plot.py")) for a in argv)]
+        assert tools and all(argv[argv.index("--convention") + 1] == convention for argv in tools)
+        assert any(a.endswith(f"loss-vs-flops-{convention}.png") for argv in tools for a in argv)
+
+
 def test_timing_and_factor_sweeps_cover_the_papers_values():
     timing = [rp.RUNS[k] for k in rp.EXPERIMENTS["timing"].runs if rp.RUNS[k].grow]
     d = sorted(rp.RUNS[r.grow.base].tokens for r in timing)

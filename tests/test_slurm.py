@@ -197,7 +197,7 @@ def test_reproduce_resubmits_a_failed_stage_and_everything_after_it(cluster, tmp
     for record in second:
         assert cluster.wait(record["id"])["state"] == "COMPLETED", cluster.log(record["id"])[-3000:]
     report = tmp_path / "runs" / "report" / "smoke"
-    assert (report / "smoke.md").is_file() and (report / "loss-vs-flops.png").is_file()
-    json.loads((report / "speedup-stack.json").read_text())  # written whole
+    assert (report / "smoke.md").is_file() and (report / "loss-vs-flops-exact.png").is_file()
+    json.loads((report / "speedup-stack-exact.json").read_text())  # written whole
     assert reproduce.main(flags) == 0 and capsys.readouterr().out.count("done     ") == 9
     assert not any(r["state"] in fakeslurm.ACTIVE for r in fakeslurm.jobs(cluster.state))
