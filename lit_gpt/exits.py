@@ -42,9 +42,15 @@ def exit_code(action: Callable[[], Any]) -> int:
         return 1
     if sys.excepthook is _quiet_interrupt:  # a command's process (guard_command), about to exit
         # the output is in place: a Ctrl-C or SIGTERM while the interpreter shuts down must not report a failure
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_signals((signal.SIGINT, signal.SIGTERM))
     return 0
+
+
+def ignore_signals(signals) -> None:
+    """Ignores `signals` from now on: for a command whose work is complete, so that a stop arriving while it
+    shuts down cannot turn its success into an exit 128 + N."""
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class _ReaderMayLeave:

@@ -28,7 +28,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.exits import error_line, guard_command  # noqa: E402
+from lit_gpt.exits import error_line, guard_command, ignore_signals  # noqa: E402
 
 if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
     guard_command()
@@ -325,28 +325,16 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         agreement.attempt(logger.close)
     agreement.check(fabric)  # a failure of rank 0's last metrics row or pruning is not lost
     watchdog.phase(None)
-    ignore_stop_signals()  # final/ is written: a stop from now on must not turn the finished run into a failure
+    ignore_signals(STOP_SIGNALS)  # final/ is written: a stop from now on must not turn the finished run into a failure
     log(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}")
-
-
-def ignore_stop_signals() -> None:
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def progress_printer(rank: int):
     """`print` on rank 0, nothing elsewhere. A stdout closed by its reader (`... | head`) stops the printing, not
-    the run: a days-long job must not die of its log."""
+    the run (`lit_gpt.exits.guard_command`): a days-long job must not die of its log."""
     if rank != 0:
         return lambda *args, **kwargs: None
-
-    def log(*args, **kwargs) -> None:
-        try:
-            print(*args, flush=True, **kwargs)
-        except BrokenPipeError:
-            sys.stdout = open(os.devnull, "w")  # also keeps Python's flush at exit quiet
-
-    return log
+    return partial(print, flush=True)
 
 
 def set_masks(model: torch.nn.Module, value: float) -> None:
@@ -445,7 +433,7 @@ def run(argv=None) -> int:
         fabric, strategy_name = make_fabric(args)
         started = True
         fabric.launch(main, args, config, strategy_name)
-        ignore_stop_signals()  # again: Lightning's teardown may have put back the default handlers
+        ignore_signals(STOP_SIGNALS)  # again: Lightning's teardown may have put back the default handlers
         return 0
 
     def report(message: str) -> None:

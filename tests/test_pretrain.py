@@ -234,6 +234,17 @@ def test_a_stop_during_start_up_ends_at_once_and_leaves_nothing(data_dir, tmp_pa
     assert not out.exists()
 
 
+def test_a_reader_that_leaves_does_not_end_the_run(data_dir, tmp_path):
+    """`pretrain/tinyllama.py ... | head -1`: the log is lost once the reader has gone, the run is not."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args_for(data_dir, out, "--max_steps", 2)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err[-3000:]
+    assert "Traceback" not in err and (out / "final" / "lit_model.pth").is_file()
+
+
 def test_a_seed_out_of_range_is_refused_before_anything_is_made(data_dir, tmp_path):
     result = train(data_dir, tmp_path / "run", "--max_steps", 1, "--seed", -1, check=False)
     assert_refused(result, "--seed must be from 0 to 4294967295")
