@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import check_tokenizer_vocab, expected_shapes  # noqa: E402
+from lit_gpt.flops import check_growth_record, check_training_record  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer, has_tokenizer  # noqa: E402
 from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict  # noqa: E402
@@ -76,14 +77,36 @@ def check_checkpoint(directory: Union[str, Path]) -> Config:
     if not (directory / "lit_config.json").is_file():
         raise CheckpointError(f"no lit_config.json in {directory}")
     if not has_tokenizer(directory):
-        raise CheckpointError(f"no tokenizer in {directory}: copy tokenizer.model or tokenizer.json "
-                              "(and tokenizer_config.json if there is one) beside the weights")
+        raise CheckpointError(f"no tokenizer in {directory}: {_tokenizer_fix(directory)}")
     try:
         config = Config.from_json(directory / "lit_config.json")
     except (json.JSONDecodeError, TypeError) as e:
         raise CheckpointError(f"{directory / 'lit_config.json'} is not a valid config: {e}") from None
     check_tokenizer_vocab(directory, config)
     return config
+
+
+def _tokenizer_fix(directory: Path) -> str:
+    """How to give the weights in `directory` their tokenizer: for an export of a training checkpoint (the
+    step-* directory above it holds meta.json) the export command again with --tokenizer_dir, naming the
+    tokenizer the run used when it can be found; else a copy of the files, or an export with --tokenizer_dir."""
+    copy = "copy tokenizer.model or tokenizer.json (and tokenizer_config.json if there is one) beside the weights"
+    step = directory.parent
+    if not (step / "meta.json").is_file():
+        return (f"{copy}, or, for an export of a training checkpoint, export it again with "
+                "`python scripts/export_checkpoint.py --checkpoint_dir STEP --tokenizer_dir DIR --force` "
+                "(DIR: the tokenizer the run trained with)")
+    found = None
+    try:  # where the run found its tokenizer (growth reads a step's the same way); a damaged meta.json: no guess
+        from growth.io import run_tokenizer
+
+        hparams = json.loads((step / "meta.json").read_text()).get("hparams")
+        found = run_tokenizer(step, hparams) if isinstance(hparams, dict) else None
+    except (ImportError, OSError, ValueError, TypeError, AttributeError):
+        pass
+    where = "" if found else " (DIR: the tokenizer the run trained with)"
+    return (f"export it again with its tokenizer, `python scripts/export_checkpoint.py --checkpoint_dir {step} "
+            f"--out_dir {directory} --tokenizer_dir {found or 'DIR'} --force`{where}, or {copy}")
 
 
 def checkpoint_info(directory: Union[str, Path]) -> Dict[str, Any]:
@@ -94,22 +117,29 @@ def checkpoint_info(directory: Union[str, Path]) -> Dict[str, Any]:
     scratch_tokens: the target-model tokens of equal compute, lit_gpt/flops.py).
 
     Raises:
-        CheckpointError: the checkpoint is incomplete (`check_checkpoint`) or a JSON file is not valid JSON."""
+        CheckpointError: the checkpoint is incomplete (`check_checkpoint`), or a JSON file is not valid JSON or
+            holds a field of the wrong type or a count that is not a finite number >= 0
+            (`lit_gpt.flops.check_training_record`, `check_growth_record`): one line naming the file and field."""
     directory = Path(directory)
     config = check_checkpoint(directory)
 
-    def read(name: str) -> Optional[dict]:
+    def read(name: str, check) -> Optional[dict]:
         path = directory / name
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        try:
+            return check(data, str(path))
+        except ValueError as e:
+            raise CheckpointError(f"{e}; correct the file, or write the checkpoint again (scripts/export_checkpoint.py, "
+                                  "python -m growth grow)") from None
 
-    training = read("training.json") or {}
+    training = read("training.json", check_training_record) or {}
     scratch = training.get("scratch_tokens") or {}
-    return {"config": config.name, "growth": read("growth.json") or training.get("growth"),
+    return {"config": config.name, "growth": read("growth.json", check_growth_record) or training.get("growth"),
             "training": {"tokens": training.get("tokens"), "flops": training.get("flops"),
                          "step": training.get("step"), "total_tokens": training.get("total_tokens"),
                          "scratch_tokens": {"exact": scratch.get("exact"), "paper": scratch.get("paper")}}}

@@ -12,15 +12,19 @@ each model at its own FLOPs per token (a 6L2048H base trained on 10B tokens cost
 import sys
 from pathlib import Path
 
-if __package__:
-    from .speedup import LOSS_COLUMNS, UsageError, in_convention, losses, read_metrics, scratch_equivalent_tokens
-else:  # run as a script: eval/ is sys.path[0]; speedup puts the repository root on it
-    from speedup import LOSS_COLUMNS, UsageError, in_convention, losses, read_metrics, scratch_equivalent_tokens
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: lit_gpt is imported from the repository root
+    sys.path.insert(0, str(ROOT))
 
 from lit_gpt.exits import exit_code, guard_command  # noqa: E402
 
-if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
+if __name__ == "__main__":  # before torch (speedup imports it through lit_gpt.flops): Ctrl-C is one line
     guard_command()
+
+if __package__:
+    from .speedup import LOSS_COLUMNS, UsageError, in_convention, losses, read_metrics, scratch_equivalent_tokens
+else:  # run as a script: eval/ is sys.path[0]
+    from speedup import LOSS_COLUMNS, UsageError, in_convention, losses, read_metrics, scratch_equivalent_tokens
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.files import atomic_file, check_keeps_inputs, check_writable_target  # noqa: E402

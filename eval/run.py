@@ -21,9 +21,11 @@ The output (read by eval/table.py):
      training.json (nulls when absent): tokens are the model's own, total_tokens include its base's (and
      their bases'), scratch_tokens are the target-model tokens of equal compute in both conventions}
 written atomically (honouring the umask). An existing --out is replaced only with --force. A missing
-checkpoint, a checkpoint without tokenizer or with another tokenizer than its training.json records, an
-unknown task, an --out that cannot be written or a bad argument is reported as one `error:` line with exit
-code 1, before the evaluation starts, and nothing is written.
+checkpoint, a checkpoint without tokenizer (the line says how to add one: this command has no --tokenizer_dir,
+scripts/export_checkpoint.py has) or with another tokenizer than its training.json records, a training.json or
+growth.json with a field of the wrong type or a count that is not a finite number >= 0 (lit_gpt/flops.py's
+checks), an unknown task, an --out that cannot be written or a bad argument is reported as one `error:` line
+with exit code 1, before the evaluation starts, and nothing is written.
 """
 
 import argparse

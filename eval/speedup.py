@@ -34,6 +34,7 @@ from lit_gpt.flops import CONVENTION_HELP, CONVENTION_NOTE, CONVENTIONS  # noqa:
 
 REQUIRED = ("step", "tokens", "flops")
 CONVENTION_COLUMNS = {"exact": "flops", "paper": "paper_flops"}
+COUNTS = ("step", "tokens", "flops", "paper_flops")  # finite and >= 0; tokens and FLOPs cumulative
 LOSS_COLUMNS = ("val_loss", "train_loss")
 Rows = List[Dict[str, Optional[float]]]
 
@@ -66,19 +67,60 @@ def read_metrics(path) -> Rows:
         raise UsageError(f"{path}: no rows")
     if any(r[c] is None for r in rows for c in REQUIRED):
         raise UsageError(f"{path}: a row without {'/'.join(REQUIRED)}")
+    check_counts(rows, path)
     return rows
+
+
+def check_counts(rows: Rows, path) -> None:
+    """Refuses a metrics.csv whose step, tokens or FLOPs (`COUNTS`) are not finite numbers >= 0, or whose cumulative
+    tokens and FLOPs go down from one row to the next, or whose FLOPs stand still while tokens grow.
+
+    Raises:
+        UsageError: one line naming `path`, the row's step and the column."""
+    last: Dict[str, Dict[str, Optional[float]]] = {}  # column -> the last row that has it
+    for r in rows:
+        for column in COUNTS:
+            value = r.get(column)
+            if value is None:
+                continue
+            where = f"{path}: the row of step {r['step']:g}" if column != "step" else f"{path}: a row"
+            if not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"{where} has {column} {value:g}; it must be a finite number >= 0 (a damaged "
+                                 "metrics.csv: correct or delete that row)")
+            prev = last.get(column)
+            if column != "step" and prev is not None:
+                if value < prev[column]:
+                    raise UsageError(f"{where} has {column} {value:g}, less than {prev[column]:g} at step "
+                                     f"{prev['step']:g}; {column} is cumulative and never goes down (a damaged "
+                                     "metrics.csv or two runs' rows in one: correct or delete the rows out of order)")
+                if column != "tokens" and value == prev[column] and r["tokens"] > prev["tokens"]:
+                    raise UsageError(f"{where} has {column} {value:g}, as at step {prev['step']:g}, though tokens "
+                                     f"grew from {prev['tokens']:g} to {r['tokens']:g}; training costs FLOPs (a "
+                                     "damaged metrics.csv: correct or delete that row)")
+            last[column] = r
 
 
 def in_convention(rows: Rows, convention: str, path) -> Rows:
     """The rows with `flops` in the given convention (`CONVENTION_COLUMNS`).
 
-    Raises UsageError naming `path` when its metrics.csv has no column for the convention (runs trained before
-    pretrain/tinyllama.py logged `paper_flops`)."""
+    Raises UsageError naming `path` when rows of its metrics.csv have no value for the convention: runs trained
+    before pretrain/tinyllama.py logged `paper_flops` (all rows, or the rows before a resume across that upgrade)
+    and grown runs whose base's cost is unknown leave it empty; every row has the exact `flops`."""
     column = CONVENTION_COLUMNS[convention]
-    if any(r.get(column) is None for r in rows):
-        raise UsageError(f"{path}: metrics.csv has no {column} values (a run logged before that column existed); "
-                         "use --convention exact")
-    return [{**r, "flops": r[column]} for r in rows]
+    lacking = [r for r in rows if r.get(column) is None]
+    if not lacking:
+        return [{**r, "flops": r[column]} for r in rows]
+    fix = (f"use --convention exact, which every row has ({column} is empty in rows logged before that column "
+           "existed, and in a grown run whose growth record does not give its base's cost)")
+    if len(lacking) == len(rows):
+        raise UsageError(f"{path}: metrics.csv has no {column} values; {fix}")
+    first, last = lacking[0]["step"], lacking[-1]["step"]
+    steps = f"step {first:g}" if first == last else f"steps {first:g} to {last:g}"
+    since = next(r["step"] for r in rows if r.get(column) is not None)
+    span = (f"it has them from step {since:g} on" if since > last
+            else f"rows have them from step {since:g}, but not all after it")
+    raise UsageError(f"{path}: {len(lacking)} of {len(rows)} rows of metrics.csv have no {column} ({steps}); "
+                     f"{span}; {fix}")
 
 
 def losses(rows: Rows, column: str, smooth: int = 1) -> Rows:
@@ -194,7 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--smooth", type=int, default=1, help="trailing mean over this many logged points before "
                                                          "finding L, for noisy train_loss (default 1: raw)")
     p.add_argument("--add_base_flops", type=float, default=0.0, help="FLOPs to add to the grown run, in the "
-                   "chosen --convention, for runs whose metrics.csv lacks the base model's cost")
+                   "chosen --convention, for runs whose metrics.csv lacks the base model's cost (a warning when it "
+                   "already starts above 0)")
     p.add_argument("--convention", choices=CONVENTIONS, default="exact", help=CONVENTION_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     args = p.parse_args(argv)
@@ -208,10 +251,16 @@ def main(argv=None) -> int:
             value = getattr(args, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise UsageError(f"--{name} must be a finite number of at least 0, got {value}")
+        added = []  # a base's cost given twice: once in the log (growth.json's, since training reads it), once here
+        if args.add_base_flops and len(grown) > 1 and base_flops(grown) > 1e-6 * grown[-1]["flops"]:
+            added.append(f"{args.grown}: FLOPs already start at {base_flops(grown):.3e} (the base model's cost, "
+                         "which training logs when growth.json records it), so --add_base_flops "
+                         f"{args.add_base_flops:.3e} counts a base's cost again; leave it out for such a run")
         for r in grown:
             r["flops"] += args.add_base_flops
         res = speedup(scratch, grown, args.at_loss, args.column, args.smooth, args.convention)
-        warnings = list(res["warnings"])
+        warnings = res["warnings"]  # printed, and in the JSON
+        warnings.extend(added)
         if len(grown) > 1 and res["grown"]["base_flops"] <= 1e-6 * grown[-1]["flops"]:
             warnings.append(f"{args.grown}: FLOPs start at 0, so the base model's cost is not counted "
                             "(see --add_base_flops)")

@@ -19,6 +19,7 @@ per token) and "(paper)" (own tokens + the base's d / g), both the own tokens fo
 import csv
 import io
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,11 @@ SEVEN = ["lambada", "arc_c", "arc_e", "logiqa", "piqa", "sciq", "winogrande"]
 WIKITEXT = ("wikitext", "word_perplexity")
 EXTRA_METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "perplexity")
 PAPER_ROWS = {"train_loss": ("Train loss", "{:.3f}"), "speedup_pct": ("Speedup", "{:.1f}%")}
+# the accounting numbers of a result's `training` and `growth`: absent or null (unknown), else finite and >= 0;
+# lit_gpt.flops.TRAINING_NUMBERS and RECORD_NUMBERS (tests/test_eval_table.py), whose import would load torch
+TRAINING_NUMBERS = ("step", "tokens", "flops", "stream_tokens", "skipped_tokens", "total_tokens", "paper_flops")
+RECORD_NUMBERS = ("base_step", "base_tokens", "base_flops", "base_stream_tokens", "base_total_tokens",
+                  "base_scratch_tokens_paper", "growth_factor", "fit_tokens", "fit_flops")
 
 
 class UsageError(ValueError):
@@ -112,16 +118,15 @@ def format_tokens(n: float) -> str:
 
 
 def train_tokens(result: dict) -> Optional[str]:
-    """The tokens cell: "BASE + OWN" for a grown model (BASE: its total_tokens less its own, else its growth
-    record's base_total_tokens or base_tokens; "?" for an unknown part), OWN for a scratch model, None when
-    unknown."""
+    """The tokens cell: "BASE + OWN" for a grown model, OWN for a scratch model, None when unknown. BASE is the
+    growth record's base_total_tokens (the base's and its ancestors' tokens; null: unknown), or base_tokens in a
+    record written before base_total_tokens existed; "?" for an unknown part. Not training's total_tokens less
+    its own: versions before lit_gpt.flops.run_accounting returned None for an unknown base counted it as 0."""
     training, growth = result.get("training") or {}, result.get("growth")
     own = training.get("tokens")
     if not growth:
         return None if own is None else format_tokens(own)
-    total = training.get("total_tokens")
-    base = next((v for v in (None if total is None or own is None else total - own,
-                             growth.get("base_total_tokens"), growth.get("base_tokens")) if v is not None), None)
+    base = growth.get("base_total_tokens") if "base_total_tokens" in growth else growth.get("base_tokens")
     return " + ".join("?" if v is None else format_tokens(v) for v in (base, own))
 
 
@@ -209,9 +214,45 @@ def load_result(path: str) -> dict:
         raise UsageError(f"{path}: not readable JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise UsageError(f"{path}: not an eval/run.py result file (no 'results' object)")
+    check_result(data, path)
     if not data.get("name") and not data.get("checkpoint"):
         data["name"] = Path(path).stem
     return data
+
+
+def check_result(data: dict, path: str) -> None:
+    """Refuses a result file whose fields the table reads have the wrong type or a nonsense count: `name` and
+    `checkpoint` strings, each `results` entry an object, `training` and `growth` objects (or null) whose
+    counts (`TRAINING_NUMBERS`, `scratch_tokens` {exact, paper}, `RECORD_NUMBERS`) are finite numbers >= 0 or null.
+
+    Raises:
+        UsageError: one line naming `path`, the field and the fix."""
+    fix = "correct it, or evaluate the checkpoint again with eval/run.py"
+
+    def number(value, field: str) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise UsageError(f"{path}: {field} is {value!r:.60}; it must be a finite number >= 0, or null when "
+                             f"unknown ({fix})")
+
+    def record(value, field: str, keys) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise UsageError(f"{path}: {field} is {value!r:.60}; it must be an object, or null ({fix})")
+        for key in keys:
+            number(value.get(key), f"{field}.{key}")
+        return value
+
+    for field in ("name", "checkpoint"):
+        if data.get(field) is not None and not isinstance(data[field], str):
+            raise UsageError(f"{path}: {field} is {data[field]!r:.60}; it must be a string ({fix})")
+    for task, entry in data["results"].items():
+        if not isinstance(entry, dict):
+            raise UsageError(f"{path}: results.{task} is {entry!r:.60}; it must be an object of metrics ({fix})")
+    training = record(data.get("training"), "training", TRAINING_NUMBERS)
+    record(training.get("scratch_tokens"), "training.scratch_tokens", ("exact", "paper"))
+    record(data.get("growth"), "growth", RECORD_NUMBERS)
 
 
 def main(argv=None) -> int:

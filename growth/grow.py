@@ -24,27 +24,17 @@ WIDTH_MASKS = "growth_masks.pth"  # random-width's output masks, read by pretrai
 
 def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noise: float = 0.0, seed: int = 3407,
          force: bool = False, src_config: Optional[str] = None, safetensors: bool = False,
-         carry_optimizer: bool = False, split: str = "lemon", init: Optional[str] = None,
-         clone_noise: float = 0.0) -> dict:
-    """Grows `src` into `target` with `op` and writes it to `out`; returns the growth.json record. `init` (None:
-    "upstream") is only for RANDOM_INIT_OPERATORS, `clone_noise` only for hyperclone, `split` for direct-width.
+         carry_optimizer: bool = False, split: Optional[str] = None, init: Optional[str] = None,
+         clone_noise: Optional[float] = None) -> dict:
+    """Grows `src` into `target` with `op` and writes it to `out`; returns the growth.json record. `split` (None:
+    "lemon") is only for direct-width, `init` (None: "upstream") for RANDOM_INIT_OPERATORS, `clone_noise` (None: 0)
+    for hyperclone.
 
     Raises:
         ValueError: one line, before anything is written: an unknown operator, an option the operator does not
-            take, a target it cannot grow to.
+            take or a bad value (`check_options`), a target it cannot grow to.
     """
-    if op not in OPERATORS:
-        raise ValueError(f"unknown operator {op!r}; available: {', '.join(OPERATORS)}")
-    if op == "random-depth" and layers != "cyclic":
-        raise ValueError("random-depth keeps the source layers in place and adds new ones on top; drop --layers")
-    if op in WIDTH_OPERATORS and (layers != "cyclic" or carry_optimizer):
-        raise ValueError(f"{op} grows the width and keeps the depth; --layers and --carry_optimizer do not apply")
-    if init is not None and op not in RANDOM_INIT_OPERATORS:
-        raise ValueError(f"--init sets the init of new random parameters, which only {', '.join(RANDOM_INIT_OPERATORS)}"
-                         f" create; {op} creates none, drop --init")
-    if clone_noise and op != "hyperclone":
-        raise ValueError(f"--clone_noise is hyperclone's noisy variant; {op} does not take it")
-    check_noise(noise)
+    check_options(op, layers, noise, split, init, clone_noise, carry_optimizer)
     tgt = Config.load(target)
     check_writable_target(out, force, inputs={"--src": src}, what=f"--out_dir {out}")  # before the reading
     source = load_source(src, src_config)
@@ -61,8 +51,8 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
     generator = torch.Generator().manual_seed(seed)
     masked_layers, extra = [], {}
     # the operator's own options, under the names growth.json records
-    options = ({"split": split} if op == "direct-width" else {"clone_noise": clone_noise} if op == "hyperclone"
-               else {"init": init or "upstream"} if op in RANDOM_INIT_OPERATORS else {})
+    options = ({"split": split or "lemon"} if op == "direct-width" else {"clone_noise": clone_noise or 0.0}
+               if op == "hyperclone" else {"init": init or "upstream"} if op in RANDOM_INIT_OPERATORS else {})
     if op in WIDTH_OPERATORS:
         state = WIDTH_OPERATORS[op](source.config, source.state, tgt, generator, **options)
         index_map, rate = None, None
@@ -95,6 +85,36 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
     return record
 
 
+def check_options(op: str, layers: str = "cyclic", noise: float = 0.0, split: Optional[str] = None,
+                  init: Optional[str] = None, clone_noise: Optional[float] = None,
+                  carry_optimizer: bool = False) -> None:
+    """Refuses an unknown operator, an option given to an operator that does not take it, and bad values
+    (`growth stages` checks every stage's grow options with it before running anything).
+
+    Raises:
+        ValueError: one line naming the option and what to do."""
+    if op not in OPERATORS:
+        raise ValueError(f"unknown operator {op!r}; available: {', '.join(OPERATORS)}")
+    if op == "random-depth" and layers != "cyclic":
+        raise ValueError("random-depth keeps the source layers in place and adds new ones on top; drop --layers")
+    if op in WIDTH_OPERATORS and (layers != "cyclic" or carry_optimizer):
+        raise ValueError(f"{op} grows the width and keeps the depth; --layers and --carry_optimizer do not apply")
+    if split is not None and op != "direct-width":
+        raise ValueError(f"--split is direct-width's fan-in split; {op} does not take it")
+    if split not in (None, "even", "lemon"):
+        raise ValueError(f"--split must be even or lemon, got {split!r}")
+    if init is not None and op not in RANDOM_INIT_OPERATORS:
+        raise ValueError(f"--init sets the init of new random parameters, which only {', '.join(RANDOM_INIT_OPERATORS)}"
+                         f" create; {op} creates none, drop --init")
+    if init not in (None, "upstream", "official"):
+        raise ValueError(f"--init must be upstream or official, got {init!r}")
+    if clone_noise is not None and op != "hyperclone":
+        raise ValueError(f"--clone_noise is hyperclone's noisy variant; {op} does not take it")
+    if clone_noise is not None and not 0.0 <= clone_noise <= 1.0:  # NaN and inf fail this too
+        raise ValueError(f"--clone_noise must be from 0 to 1 (a fraction of each weight's std), got {clone_noise}")
+    check_noise(noise)
+
+
 def main(argv=None) -> int:
     from lit_gpt.exits import exit_code
 
@@ -105,7 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--op", required=True, help=f"operator: {', '.join(OPERATORS)}")
     p.add_argument("--layers", default="cyclic", help="layer map for depth growth: cyclic (default), interleave, "
                    "solar:K, the paper's notation (12-3456*5-56) or ranges ((1-12)*2); see python -m growth layers")
-    p.add_argument("--split", choices=["even", "lemon"], default="lemon",
+    p.add_argument("--split", choices=["even", "lemon"], default=None,
                    help="direct-width: fan-in split of duplicated units: lemon (default; LEMON's uneven split, the "
                    "paper's) or even (1/(c+1) each, the released code; copies then stay equal to their originals "
                    "through training)")
@@ -113,10 +133,10 @@ def main(argv=None) -> int:
                    help=f"{', '.join(RANDOM_INIT_OPERATORS)}: init of the new random parameters: upstream (default, "
                    "TinyLlama's: N(0, 2/(5 n_embd)), attn.proj and w3 1/(sqrt(n_embd) n_layer)) or official (the "
                    "paper's released code: N(0, 2/(5 fan_in)), w3 1/(sqrt(fan_in) n_layer), attn.proj not down-scaled)")
-    p.add_argument("--clone_noise", type=float, default=0.0, metavar="STD",
+    p.add_argument("--clone_noise", type=float, default=None, metavar="STD",
                    help="hyperclone: noisy function-preserving variant: block (i, j) of each Linear is W/k + N_ij "
                    "with sum_j N_ij = 0 and N's std STD x the std of W/k, so copies can diverge (default 0: the "
-                   "symmetric variant, whose copies stay equal)")
+                   "symmetric variant, whose copies stay equal; at most 1)")
     p.add_argument("--noise", type=float, default=0.0, help="alpha of W <- (1-alpha) W + alpha eps (default 0)")
     p.add_argument("--seed", type=int, default=3407, help="seed of the noise (default 3407)")
     p.add_argument("--out_dir", "--out", type=Path, required=True,

@@ -11,9 +11,10 @@ import torch
 from tqdm import tqdm
 
 from growth.writers import Transform, write_pth, write_safetensors
-from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate
+from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, read_record, run_growth
 from lit_gpt.config import Config
 from lit_gpt.convert import expected_shapes
+from lit_gpt.flops import check_growth_record, check_training_record
 from lit_gpt.files import atomic_dir, check_writable_target, save_torch, sha256_file, writing
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict
@@ -46,9 +47,10 @@ def load_source(src: Path, config_name: Optional[str] = None) -> Source:
         config = Config.load(config_name) if config_name else Config.from_json(src / "lit_config.json")
         state = consolidate(src)
         check_masks_settled(src)
-        training = {k: meta[k] for k in ("step", "tokens", "flops", "growth") if k in meta}
+        training = {k: meta[k] for k in ("step", "tokens", "flops") if k in meta}
+        training["growth"] = run_growth(meta, src / "meta.json")
         training["stream_tokens"] = meta.get("skipped_tokens", 0) + meta.get("tokens", 0)
-        return Source(src, config, state, _sha256_dir(src), training, _run_tokenizer(src, meta.get("hparams") or {}))
+        return Source(src, config, state, _sha256_dir(src), training, run_tokenizer(src, meta.get("hparams") or {}))
     if src.is_dir():
         weights = next((src / f for f in WEIGHT_FILES if (src / f).is_file()), None)
         if weights is None:
@@ -73,15 +75,15 @@ def _training(directory: Path) -> Dict[str, Any]:
     its growth.json says it cost (0 tokens of its own); {} when neither is there."""
     training_file, growth_file = directory / "training.json", directory / "growth.json"
     if training_file.is_file():
-        return json.loads(training_file.read_text())
+        return read_record(training_file, check_training_record)
     if not growth_file.is_file():
         return {}
-    record = json.loads(growth_file.read_text())
+    record = read_record(growth_file, check_growth_record)
     return {"tokens": 0, "flops": record.get("base_flops"), "stream_tokens": record.get("base_stream_tokens"),
             "growth": record}
 
 
-def _run_tokenizer(step_dir: Path, hparams: Dict[str, Any]) -> Optional[Path]:
+def run_tokenizer(step_dir: Path, hparams: Dict[str, Any]) -> Optional[Path]:
     """Where the run that saved the training checkpoint `step_dir` found its tokenizer (a step-* directory holds
     none): its --tokenizer_dir, the copy beside its data, <train_data_dir>/../tokenizer, or its final/ export.
     None when none of them holds one."""

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lit_gpt.cli import ArgumentParser, parse_count  # noqa: F401 - shared with the training flags; also this module's API
 from lit_gpt.config import param_count  # noqa: F401 - also part of this module's API
@@ -66,7 +66,7 @@ def format_sci(x: float, digits: int = 3) -> str:
 
 
 def _format_ratio(r: float) -> str:
-    return f"{r:.3g}" if r < 1000 else format_sci(r)
+    return f"{r:.4g}" if r < 1000 else format_sci(r)
 
 
 # ----------------------------------------------------------------------------------------------- the fits
@@ -178,17 +178,22 @@ class Split:
     scratch_tokens: float  # C / target FLOPs per token
 
 
-def flops_split(convention: str, base_fpt: float, target_fpt: float, d: float, C: float) -> Split:
+def flops_split(convention: str, base_fpt: float, target_fpt: float, d: float, C: float,
+                d_given: bool = False) -> Split:
     """Splits the budget C (FLOPs) between the base stage (d tokens at `base_fpt` FLOPs each) and the target stage,
     C_base + C_target = C, in one convention (lit_gpt/flops.py): `paper_split` and `exact_split` give the FLOPs
     per token. Raises ValueError when the base stage alone uses the whole budget."""
-    _check_positive(base_fpt=base_fpt, target_fpt=target_fpt, C=C, d=d)
+    _check_positive(base_fpt=base_fpt, target_fpt=target_fpt, C=C)
+    if not (isinstance(d, (int, float)) and math.isfinite(d) and d >= 0):
+        raise ValueError(f"d must be a number >= 0, got {d!r}")
     base_flops = base_fpt * d
     target_flops = C - base_flops
     if target_flops <= 0:
         raise ValueError(f"the base stage alone ({format_count(d)} tokens at {format_sci(base_fpt)} FLOPs each: "
                          f"{format_sci(base_flops)} FLOPs) costs {_format_ratio(base_flops / C)}x the whole "
-                         f"budget C = {format_sci(C)}; Eq. 2 does not fit budgets this small")
+                         f"budget C = {format_sci(C)}; "
+                         + ("lower --base_tokens or raise the budget" if d_given
+                            else "Eq. 2 does not fit budgets this small: give --base_tokens"))
     return Split(convention=convention, base_flops_per_token=base_fpt, target_flops_per_token=target_fpt,
                  base_tokens=d, base_flops=base_flops, base_share=base_flops / C,
                  base_scratch_tokens=base_flops / target_fpt, target_tokens=target_flops / target_fpt,
@@ -196,33 +201,36 @@ def flops_split(convention: str, base_fpt: float, target_fpt: float, d: float, C
                  scratch_tokens=C / target_fpt)
 
 
-def paper_split(N: float, C: float, d: float, g: float = DEFAULT_G) -> Split:
+def paper_split(N: float, C: float, d: float, g: float = DEFAULT_G, d_given: bool = False) -> Split:
     """The paper's accounting (§5.4): C = 6 N D, the base has n = N / g parameters, so d base tokens cost d / g
     target tokens (at g = 4, d = 10B and D' = 97.5B cost 100B scratch tokens)."""
     _check_positive(N=N, g=g)
-    return flops_split("paper", PAPER_FLOPS_PER_PARAM * N / g, PAPER_FLOPS_PER_PARAM * N, d, C)
+    return flops_split("paper", PAPER_FLOPS_PER_PARAM * N / g, PAPER_FLOPS_PER_PARAM * N, d, C, d_given)
 
 
 def exact_split(target: Any, base: Any, seq_len: int, d: float, C: Optional[float] = None,
-                D: Optional[float] = None) -> Split:
+                D: Optional[float] = None, d_given: bool = False) -> Split:
     """Exact FLOPs (`lit_gpt.flops.flops_per_token` of both configs at `seq_len`-token sequences, attention and
     embeddings included). The budget is C FLOPs, or D scratch tokens of the target (C = its FLOPs per token x D)."""
     from lit_gpt.flops import flops_per_token
 
     target_fpt = flops_per_token(target, seq_len)
-    return flops_split("exact", flops_per_token(base, seq_len), target_fpt, d, C if C is not None else target_fpt * D)
+    return flops_split("exact", flops_per_token(base, seq_len), target_fpt, d, C if C is not None else target_fpt * D,
+                       d_given)
 
 
 # ----------------------------------------------------------------------------------------------- the plan
 
 
-def make_plan(N: Optional[float] = None, C: Optional[float] = None, D: Optional[float] = None, g: int = DEFAULT_G,
+def make_plan(N: Optional[float] = None, C: Optional[float] = None, D: Optional[float] = None, g: Optional[int] = None,
               pair: Optional[Sequence[str]] = None, seq_len: int = 2048,
               conventions: Sequence[str] = ("exact", "paper"), base_tokens: Optional[float] = None) -> dict:
     """Everything `python -m growth plan` prints, as a JSON-ready dict. Give exactly one of C and D.
 
     `pair` (target, base) names the configs (names or lit_config.json paths) of the exact split; by default the
-    best suggested pair. N defaults to the pair's target's parameter count. Splits not in `conventions` are None.
+    best suggested pair. With a pair, N and g default to its target's parameter count and its growth factor
+    (`lit_gpt.flops.growth_factor`), and a different N or g is refused. Without, g defaults to 4. Splits not in
+    `conventions` are None.
     `base_tokens` replaces Eq. 2's d in the splits (the growth timing is still reported).
     Raises ValueError for bad numbers or configs, and a base stage that eats the budget."""
     from lit_gpt.config import Config
@@ -232,8 +240,8 @@ def make_plan(N: Optional[float] = None, C: Optional[float] = None, D: Optional[
     configs = None
     if pair is not None:
         configs = [Config.load(name) for name in pair]
-        _check_pair(*configs)
-        N = param_count(configs[0]) if N is None else N
+        N, g = _check_pair(*configs, N, g)
+    g = DEFAULT_G if g is None else g
     if N is None:
         raise ValueError("give the target's parameter count N (--params) or its config (--target)")
     _check_positive(N=N)
@@ -241,18 +249,19 @@ def make_plan(N: Optional[float] = None, C: Optional[float] = None, D: Optional[
     _check_budget(paper_C)
     d = growth_timing(N, paper_C)
     split_d = d if base_tokens is None else base_tokens
-    pairs = suggest_configs(N, g)
+    pairs = suggest_configs(N, g) if pair is None else []
     best = pairs[0] if pairs else None
     if configs is None and best is not None:
         configs = [Config.load(best.target), Config.load(best.base)]
-    exact = (exact_split(*configs, seq_len, split_d, C, D) if configs is not None and "exact" in conventions
+    given = base_tokens is not None
+    exact = (exact_split(*configs, seq_len, split_d, C, D, given) if configs is not None and "exact" in conventions
              else None)
-    paper = paper_split(N, paper_C, split_d, g) if "paper" in conventions else None
+    paper = paper_split(N, paper_C, split_d, g, given) if "paper" in conventions else None
     notes = []
     if not FIT_N_RANGE[0] * 0.9 <= N <= FIT_N_RANGE[1] * 1.1:
         notes.append(f"N = {format_count(N, zeros=False)} is outside the targets Eq. 2 was fitted on (410M to 3B): "
                      "d is an extrapolation (the paper's Table 4 extrapolates the same way, to 70B)")
-    if g != DEFAULT_G:
+    if g != DEFAULT_G and pair is None:
         notes.append(f"Eq. 2 was fitted at g = 4; the paper gives no growth timing for g = {g}")
     if best is None and pair is None:
         notes.append(f"no registered config pair with a {g}x layer ratio has a target within 2x of "
@@ -261,9 +270,11 @@ def make_plan(N: Optional[float] = None, C: Optional[float] = None, D: Optional[
     elif pair is None and abs(math.log(best.ratio)) > math.log(1.1):
         notes.append(f"the nearest registered target, {best.target}, has {format_count(best.target_params)} "
                      f"params ({best.ratio - 1:+.0%} vs N); the exact split uses its shapes")
-    if exact is not None and paper is not None and abs(exact.base_scratch_tokens / paper.base_scratch_tokens - 1) > .05:
+    if (exact is not None and paper is not None and paper.base_scratch_tokens > 0
+            and abs(exact.base_scratch_tokens / paper.base_scratch_tokens - 1) > .05):
         notes.append(f"the exact base cost is {exact.base_scratch_tokens / paper.base_scratch_tokens:.2f}x the "
-                     f"paper's d/g: embeddings and lm_head do not shrink with depth, attention grows with it (§5.4)")
+                     "paper's d/g: g counts the blocks' matrices only, while embeddings, the LM head and attention "
+                     "cost FLOPs too (§5.4)")
     return {
         "params": N, "flops": paper_C, "tokens": paper_C / (PAPER_FLOPS_PER_PARAM * N), "tokens_given": D is not None,
         "growth_timing": {"d": d, "equation": _EQ2 + ", C = 6 N D (Eq. 2)"}, "base_tokens": split_d,
@@ -272,17 +283,33 @@ def make_plan(N: Optional[float] = None, C: Optional[float] = None, D: Optional[
                           "equation": _EQ50 + " (Eq. 50)", "warning": _EQ50_WARNING},
         "configs": [asdict(p) for p in pairs],
         "split": {"exact": asdict(exact) if exact else None, "paper": asdict(paper) if paper else None,
-                  "exact_configs": None if configs is None else {"target": configs[0].name, "base": configs[1].name,
-                                                                 "seq_len": seq_len,
-                                                                 "given": pair is not None}},
+                  "pair_given": [configs[0].name, configs[1].name] if pair is not None else None,
+                  "exact_configs": None if exact is None else {"target": configs[0].name, "base": configs[1].name,
+                                                               "seq_len": seq_len, "given": pair is not None}},
         "notes": notes,
     }
 
 
-def _check_pair(target: Any, base: Any) -> None:
+def _check_pair(target: Any, base: Any, N: Optional[float], g: Optional[float]) -> Tuple[float, float]:
+    """(N, g) of a given target/base pair.
+
+    Raises:
+        ValueError: a base larger than or as large as the target, or an N or g that disagrees with the pair."""
     from growth.operators import check_no_shrink
+    from lit_gpt.flops import growth_factor
 
     check_no_shrink(base, target)
+    pair_g = growth_factor(base, target)
+    if pair_g <= 1 + 1e-9:
+        raise ValueError(f"--base {base.name} is as large as --target {target.name}: nothing grows; give a smaller "
+                         "base")
+    if g is not None and abs(g / pair_g - 1) > 1e-6:
+        raise ValueError(f"--g {g} disagrees with --target/--base, whose growth factor is {pair_g:.4g}; drop --g")
+    n = param_count(target)
+    if N is not None and abs(N / n - 1) > 1e-3:
+        raise ValueError(f"--params {format_count(N, zeros=False)} disagrees with --target {target.name}'s "
+                         f"{format_count(n)} parameters; drop --params")
+    return float(n), pair_g
 
 
 def format_plan(plan: dict) -> str:
@@ -291,8 +318,9 @@ def format_plan(plan: dict) -> str:
     budget = (f"D = {D} scratch tokens -> C = 6 N D = {format_sci(C)} FLOPs" if plan["tokens_given"]
               else f"C = {format_sci(C)} FLOPs = 6 N D with D = {D} scratch tokens")
     gf = plan["growth_factor"]
-    why = ("the paper's recommendation; optimum between 2 and 4" if g == DEFAULT_G
-           else "from --g; the paper recommends 4")
+    why = ("from --target/--base" if plan["split"].get("pair_given") else
+           "the paper's recommendation; optimum between 2 and 4" if g == DEFAULT_G else "from --g; the paper "
+           "recommends 4")
     lines = [
         "G_stack growth plan (Du et al. 2024, stacking-paper.md §4.1, §5.4, §7)",
         f"  target params N    {format_count(N, zeros=False)}",
@@ -301,17 +329,20 @@ def format_plan(plan: dict) -> str:
         + (f" (the splits use --base_tokens {format_count(plan['base_tokens'], zeros=False)})"
            if plan["base_tokens_given"] else ""),
         f"  Eq. 2              {_EQ2}",
-        f"growth factor g      {g} ({why})",
+        f"growth factor g      {g:g} ({why})",
         f"  Eq. 50 fit         g = {gf['eq50']:.3g} from {_EQ50}",
         f"                     {_EQ50_SHORT}",
     ]
     pairs = plan["configs"]
-    if pairs:
+    given = plan["split"].get("pair_given")
+    if given:
+        lines.append(f"{'configs (given)':<21}target {given[0]} <- base {given[1]}")
+    elif pairs:
         shown = [p for p in pairs[1:3] if abs(math.log(p["ratio"])) <= math.log(_ALTERNATIVE_RATIO)]
         for i, p in enumerate(pairs[:1] + shown):
             label = f"configs (g = {g})" if i == 0 else "  or"
-            lines.append(f"{label:<21}target {p['target']} ({p['target_layers']} layers, "
-                         f"{format_count(p['target_params'])} params) <- base {p['base']} ({p['base_layers']} layers, "
+            lines.append(f"{label:<21}target {p['target']} ({_layers(p['target_layers'])}, "
+                         f"{format_count(p['target_params'])} params) <- base {p['base']} ({_layers(p['base_layers'])}, "
                          f"{format_count(p['base_params'])} params)")
     else:
         lines.append(f"configs (g = {g})      none registered (see notes)")
@@ -328,6 +359,10 @@ def format_plan(plan: dict) -> str:
         lines.append("notes:")
         lines += [f"  - {note}" for note in plan["notes"]]
     return "\n".join(lines)
+
+
+def _layers(n: int) -> str:
+    return f"{n} layer{'s' if n != 1 else ''}"
 
 
 def _split_lines(title: str, s: dict) -> List[str]:
@@ -354,6 +389,16 @@ def _positive_count(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _count(text: str) -> float:
+    try:
+        value = parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
     return value
 
 
@@ -387,15 +432,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--target", help="the target's config (a name or a lit_config.json) for the exact split "
                         "(default: the suggested pair); give --base with it")
     parser.add_argument("--base", help="the base's config for the exact split; give --target with it")
-    parser.add_argument("--base_tokens", type=_positive_count, metavar="d",
+    parser.add_argument("--base_tokens", type=_count, metavar="d",
                         help="tokens the base trains before growth, for the FLOPs split (default: Eq. 2's d)")
     parser.add_argument("--seq_len", type=int, default=2048, metavar="T",
                         help="training sequence length of the exact split's attention FLOPs (default 2048)")
     parser.add_argument("--convention", choices=CONVENTIONS, default=None,
                         help="print only this FLOPs split: exact (lit_gpt.flops.flops_per_token of both configs) "
                              "or paper (6 N D, the base at d/g target tokens); default: both")
-    parser.add_argument("--g", type=_growth_factor, default=DEFAULT_G, metavar="G",
-                        help="growth factor: target layers / base layers (default 4, the paper's recommendation)")
+    parser.add_argument("--g", type=_growth_factor, default=None, metavar="G",
+                        help="growth factor: target layers / base layers (default 4, the paper's recommendation; "
+                             "with --target/--base, theirs)")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object instead of text")
     try:
         args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 
-from growth.grow import OPERATORS
+from growth.grow import OPERATORS, check_options
 from growth.operators import check_no_shrink
 from lit_gpt.cli import ArgumentParser, convert_values, read_recipe
 from lit_gpt.config import Config
@@ -172,6 +172,17 @@ def _grow_options(grow: Any, where: str) -> Dict[str, str]:
     _check_keys(grow, GROW_KEYS, f"{where} grow")
     if grow.get("op") not in OPERATORS:
         raise ValueError(f"{where}: grow.op must be one of {', '.join(OPERATORS)}, got {grow.get('op')!r}")
+    numbers = {}
+    for key in ("noise", "clone_noise"):
+        value = grow.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{where}: grow.{key} must be a number, got {value!r}")
+        numbers[key] = None if value is None else float(value)
+    try:
+        check_options(grow["op"], str(grow.get("layers") or "cyclic"), numbers["noise"] or 0.0, grow.get("split"),
+                      grow.get("init"), numbers["clone_noise"])
+    except ValueError as e:
+        raise ValueError(f"{where}: grow: {str(e).replace('--', '')}") from None
     return {k: _text(v) for k, v in grow.items() if v is not None}
 
 

@@ -135,6 +135,12 @@ def _read_meta(path: Path):
         return "meta.json holds no step number"
     if not isinstance(meta.get("world_size", 1), int) or meta.get("world_size", 1) < 1:
         return "meta.json holds no valid world_size"
+    from lit_gpt.flops import check_training_record
+
+    try:
+        check_training_record(meta, "meta.json")
+    except ValueError as e:
+        return str(e)
     return meta
 
 
@@ -336,6 +342,56 @@ def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
                 shutil.copyfile(tokenizer_dir / name, tmp / name)  # takes the umask, not the source's mode
 
 
+def read_record(path: Path, check: Callable[[Any, str], Dict[str, Any]]) -> Dict[str, Any]:
+    """A JSON record file checked by `check` (`lit_gpt.flops.check_growth_record` / `check_training_record`).
+
+    Raises:
+        CheckpointError: invalid JSON or a bad field, one line naming `path`."""
+    try:
+        return check(json.loads(path.read_text()), str(path))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def growth_beside(directory: Path) -> Dict[str, Any]:
+    """The growth record of the weights in `directory` as a run starting from them applies it: its growth.json;
+    {} when there is none, or when a training.json beside it records a growth (a grown run's export: the weights
+    were trained after growth with the masks baked in, so they start no base FLOPs, stream skip or masks).
+
+    Raises:
+        CheckpointError: a damaged growth.json or training.json (`read_record`)."""
+    from lit_gpt.flops import check_growth_record, check_training_record
+
+    growth, training = directory / "growth.json", directory / "training.json"
+    if training.is_file() and read_record(training, check_training_record).get("growth"):
+        return {}
+    return read_record(growth, check_growth_record) if growth.is_file() else {}
+
+
+def run_growth(meta: Dict[str, Any], where: Path) -> Optional[Dict[str, Any]]:
+    """The growth record a training checkpoint's run applied: meta.json's `growth`; for checkpoints saved
+    before meta.json held it, the growth.json beside the run's --initial_checkpoint (None when there is none).
+
+    Raises:
+        CheckpointError: a bad record, one line naming `where` or the growth.json."""
+    from lit_gpt.flops import check_growth_record
+
+    if "growth" in meta:
+        try:
+            return check_growth_record(meta["growth"], f"{where}: growth") or None
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+    initial = (meta.get("hparams") or {}).get("initial_checkpoint")
+    if not initial:
+        return None
+    initial = Path(initial)
+    return growth_beside(initial if initial.is_dir() else initial.parent) or None
+
+
 def check_masks_settled(path: Path) -> None:
     """Refuses a training checkpoint whose random-* growth masks were still ramping: its raw weights alone
     compute a different model (the masks live in the run's growth record and step, not in the weights). The
@@ -347,14 +403,7 @@ def check_masks_settled(path: Path) -> None:
     """
     meta = check_intact(path)
     hparams = meta.get("hparams") or {}
-    if "growth" in meta:
-        record = meta["growth"]
-    elif hparams.get("initial_checkpoint"):
-        initial = Path(hparams["initial_checkpoint"])
-        record_file = (initial if initial.is_dir() else initial.parent) / "growth.json"
-        record = json.loads(record_file.read_text()) if record_file.is_file() else None
-    else:
-        record = None
+    record = run_growth(meta, path / "meta.json")
     if not record:
         return
     span = int(hparams.get("mask_ramp_steps") or 0)

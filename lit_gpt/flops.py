@@ -14,6 +14,7 @@ The same run in both: 6L2048H trained on 10B tokens, grown to 24L2048H, 2048-tok
 costs 2.85B target tokens; paper: 2.5B.
 """
 
+import math
 from typing import Any, Dict, Mapping, Optional
 
 from lit_gpt.config import Config, param_count
@@ -55,23 +56,80 @@ def growth_factor(base: Config, target: Config) -> float:
     return block_matrix_params(target) / block_matrix_params(base)
 
 
+# the numbers growth.json, training.json and meta.json carry: absent or null (unknown), else finite and >= 0
+RECORD_NUMBERS = ("base_step", "base_tokens", "base_flops", "base_stream_tokens", "base_total_tokens",
+                  "base_scratch_tokens_paper", "growth_factor", "fit_tokens", "fit_flops")
+TRAINING_NUMBERS = ("step", "tokens", "flops", "stream_tokens", "skipped_tokens", "total_tokens", "paper_flops")
+
+
+def _check_number(value: Any, where: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} is {value!r}; it must be a finite number >= 0 (or null when unknown)")
+
+
+def check_growth_record(record: Any, where: str) -> Dict[str, Any]:
+    """`record` (a growth.json, or the `growth` of a training.json/meta.json) if its accounting fields are
+    numbers >= 0 or null; {} for null.
+
+    Raises:
+        ValueError: one line naming `where` (a file, or a file and key) and the bad field."""
+    if record is None:
+        return {}
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} is {type(record).__name__} {record!r:.60}, not a growth record (a JSON object)")
+    for key in RECORD_NUMBERS:
+        _check_number(record.get(key), f"{where}: {key}")
+    return record
+
+
+def check_training_record(training: Any, where: str) -> Dict[str, Any]:
+    """`training` (a training.json or meta.json) if its step/tokens/FLOPs fields are numbers >= 0 or null, its
+    `scratch_tokens` an object of such numbers and its `growth` a valid growth record or null.
+
+    Raises:
+        ValueError: one line naming `where` and the bad field."""
+    if not isinstance(training, dict):
+        raise ValueError(f"{where} holds {type(training).__name__} {training!r:.60}, not a JSON object")
+    for key in TRAINING_NUMBERS:
+        _check_number(training.get(key), f"{where}: {key}")
+    scratch = training.get("scratch_tokens")
+    if scratch is not None:
+        if not isinstance(scratch, dict):
+            raise ValueError(f"{where}: scratch_tokens is {scratch!r:.60}; it must be an object {{exact, paper}}")
+        for key in CONVENTIONS:
+            _check_number(scratch.get(key), f"{where}: scratch_tokens.{key}")
+    check_growth_record(training.get("growth"), f"{where}: growth")
+    return training
+
+
 def base_accounting(base: Config, base_training: Mapping[str, Any], target: Config) -> Dict[str, Any]:
     """The cost of everything trained before a growth step, for the growth record (growth.json).
 
     `base_training` is the base checkpoint's {tokens, flops, growth} (growth: the base's own growth record when
     it was itself grown). Returns
         growth_factor: g (float);
-        base_total_tokens: tokens of the base and all its ancestors (None when the base's tokens are unknown);
+        base_total_tokens: tokens of the base and all its ancestors;
         base_scratch_tokens_paper: their cost in target tokens under the paper's convention, d / g for one step,
-            (d_2 + d_1 / g_1) / g_2 for two (None when unknown).
-    The exact cost is `base_flops`, recorded beside these."""
+            (d_2 + d_1 / g_1) / g_2 for two.
+    Either is None (unknown) when the base's tokens, or an ancestor's (a record written before these fields),
+    are unknown: an unknown cost is never counted as 0. The exact cost is `base_flops`, recorded beside these."""
     g = growth_factor(base, target)
     tokens = base_training.get("tokens")
-    earlier = base_training.get("growth") or {}
-    if tokens is None:
-        return {"growth_factor": g, "base_total_tokens": None, "base_scratch_tokens_paper": None}
-    return {"growth_factor": g, "base_total_tokens": tokens + (earlier.get("base_total_tokens") or 0),
-            "base_scratch_tokens_paper": (tokens + (earlier.get("base_scratch_tokens_paper") or 0)) / g}
+    earlier = base_training.get("growth")
+    total = paper = None
+    if tokens is not None:
+        total, paper = tokens, tokens
+        if earlier:
+            total = _plus(tokens, earlier.get("base_total_tokens"))
+            paper = _plus(tokens, earlier.get("base_scratch_tokens_paper"))
+    return {"growth_factor": g, "base_total_tokens": total,
+            "base_scratch_tokens_paper": None if paper is None else paper / g}
+
+
+def _plus(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a + b
 
 
 def run_accounting(config: Config, seq_len: int, tokens: float, flops: float,
@@ -79,10 +137,13 @@ def run_accounting(config: Config, seq_len: int, tokens: float, flops: float,
     """What a run has spent after `tokens` of its own (exact `flops` include the base's), in both conventions.
 
     Returns total_tokens (base and ancestors included), paper_flops (6 N x paper scratch tokens) and
-    scratch_tokens {exact: flops / flops_per_token(config, seq_len), paper: tokens + base's d / g}."""
-    growth = growth or {}
-    paper_tokens = tokens + (growth.get("base_scratch_tokens_paper") or 0)
-    earlier = growth.get("base_total_tokens", growth.get("base_tokens"))  # records before base_total_tokens
-    return {"total_tokens": tokens + (earlier or 0),
-            "paper_flops": paper_flops_per_token(config) * paper_tokens,
-            "scratch_tokens": {"exact": flops / flops_per_token(config, seq_len), "paper": paper_tokens}}
+    scratch_tokens {exact: flops / flops_per_token(config, seq_len), paper: tokens + base's d / g}. For a grown
+    run whose record does not know the base's tokens (null, or a growth.json from before these fields),
+    total_tokens, paper_flops and the paper count are None: unknown, not free."""
+    if growth:
+        total = _plus(tokens, growth.get("base_total_tokens"))
+        paper = _plus(tokens, growth.get("base_scratch_tokens_paper"))
+    else:
+        total = paper = tokens
+    return {"total_tokens": total, "paper_flops": None if paper is None else paper_flops_per_token(config) * paper,
+            "scratch_tokens": {"exact": flops / flops_per_token(config, seq_len), "paper": paper}}

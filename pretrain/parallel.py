@@ -1,7 +1,6 @@
 """How a run's processes get their Fabric, model and optimizer: the strategy, FSDP2 sharding on the meta device,
 and weights written by each rank into its own shards (`lit_gpt.materialize`)."""
 
-import json
 import logging
 from datetime import timedelta
 from functools import partial
@@ -91,11 +90,7 @@ def growth_record(args: TrainArgs) -> dict:
     trained after growth, whose masks are baked in, so it starts no base FLOPs, stream skip or masks."""
     if not args.initial_checkpoint:
         return {}
-    directory = initial_weights_path(args).parent
-    growth, training = directory / "growth.json", directory / "training.json"
-    if training.is_file() and json.loads(training.read_text()).get("growth"):
-        return {}
-    return json.loads(growth.read_text()) if growth.is_file() else {}
+    return ckpt.growth_beside(initial_weights_path(args).parent)
 
 
 def fsdp2(model: torch.nn.Module, device_mesh, args: TrainArgs):

@@ -218,7 +218,8 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         meta = ckpt.load(fabric, resume_path, model.module, optimizer.optimizer)
         step, tokens, flops = meta["step"], meta["tokens"], meta["flops"]
         skipped = meta.get("skipped_tokens", 0)
-        record = meta.get("growth", record)  # the run's own record, whatever the resuming command passed
+        if "growth" in meta or record is None:  # the run's own record, whatever the resuming command passed
+            record = ckpt.run_growth(meta, resume_path / "meta.json")
         loader.load_state_dict(meta["data"])
         resume_step = step
         log(f"resumed from {resume_path} at step {step} ({tokens:,} tokens)")
@@ -245,6 +246,11 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     log(f"{config.name} | {strategy_name} x{world} | {args.precision} | global batch "
         f"{args.global_batch_size} x {block} tokens, accumulation {accumulation} | {max_steps} steps")
     log(f"kernels: {describe(fabric.device, torch.bfloat16 if 'bf16' in args.precision else torch.float32)}")
+
+    if record and (record.get("base_total_tokens") is None or record.get("base_scratch_tokens_paper") is None):
+        log("warning: the growth record does not give the base's total tokens and paper-convention cost (a base "
+            "of unknown tokens, or a growth.json written before they were recorded): total tokens and paper_flops "
+            "stay empty; grow again with this version to record them")
 
     def accounting() -> dict:
         """total_tokens (the base's included), paper_flops and scratch_tokens {exact, paper} so far."""

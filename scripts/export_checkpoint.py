@@ -22,7 +22,8 @@ if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
     guard_command()
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
-from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, find_latest, write_weights  # noqa: E402
+from lit_gpt.checkpoint import (check_intact, check_masks_settled, consolidate, find_latest, run_growth,  # noqa: E402
+                                write_weights)
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.files import check_writable_target, missing  # noqa: E402
 from lit_gpt.utils import CheckpointError  # noqa: E402
@@ -68,12 +69,13 @@ def export(checkpoint_dir: Path, out_dir: Optional[Path] = None, tokenizer_dir: 
     meta = check_intact(path)
     check_masks_settled(path)
     state = consolidate(path)
-    training = {k: meta[k] for k in ("step", "tokens", "flops", "growth", "total_tokens", "paper_flops",
+    growth = run_growth(meta, path / "meta.json")
+    training = {k: meta[k] for k in ("step", "tokens", "flops", "total_tokens", "paper_flops",
                                      "scratch_tokens") if k in meta}
+    training["growth"] = growth
     # where a model grown from this export continues the stream, as final/training.json says
     training["stream_tokens"] = meta.get("skipped_tokens", 0) + meta.get("tokens", 0)
-    write_weights(state, Config.from_json(path / "lit_config.json"), out, tokenizer_dir, training,
-                  meta.get("growth"))
+    write_weights(state, Config.from_json(path / "lit_config.json"), out, tokenizer_dir, training, growth)
     print(f"wrote {out / 'lit_model.pth'} from {path}", file=sys.stderr)
 
 

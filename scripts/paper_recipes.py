@@ -141,13 +141,20 @@ def generated_files() -> Dict[Path, str]:
     return files
 
 
-def write_configs() -> int:
+def write_configs(dry_run: bool = False) -> int:
+    """Writes every generated recipe; with `dry_run`, only names the ones that would change."""
     files = generated_files()
-    for path, text in files.items():
-        (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
-        (ROOT / path).write_text(text)
+    changed = [p for p, text in files.items() if not (ROOT / p).is_file() or (ROOT / p).read_text() != text]
+    if dry_run:
+        print(f"would write {len(files)} files under {CONFIG_DIR}/, {len(changed)} of them changed:")
+        for path in changed:
+            print(f"  {path}")
+    else:
+        for path, text in files.items():
+            (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
+            (ROOT / path).write_text(text)
+        print(f"wrote {len(files)} files under {CONFIG_DIR}/ ({len(changed)} changed)")
     stale = [p for p in (ROOT / CONFIG_DIR).rglob("*") if p.is_file() and p.relative_to(ROOT) not in files]
-    print(f"wrote {len(files)} files under {CONFIG_DIR}/")
     for p in stale:
         print(f"note: {p.relative_to(ROOT)} is not generated from the table any more; delete it if unused")
     return 0

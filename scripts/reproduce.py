@@ -202,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             list_experiments(args.mfu, args.gpu_flops)
             return 0
         if args.experiment == "write-configs":
-            return write_configs()
+            return write_configs(args.dry_run)
         if args.experiment not in EXPERIMENTS:
             raise UsageError(f"unknown experiment {args.experiment!r}; known: {', '.join(EXPERIMENTS)} (or list)")
         exp = EXPERIMENTS[args.experiment]

@@ -67,3 +67,52 @@ def test_script_runs(runs, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "eval" / "plot.py"), *map(str, runs), "--out", str(out)],
                    check=True, capture_output=True)
     assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+GUARD_PROBE = """
+import runpy, signal, sys
+class Probe:  # notes the Ctrl-C handler in force when torch is first imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            handler = signal.getsignal(signal.SIGINT)
+            print("torch imported under", getattr(handler, "__name__", handler), file=sys.stderr)
+            sys.meta_path.remove(self)
+        return None
+sys.meta_path.insert(0, Probe())
+sys.path.insert(0, {eval_dir!r})  # as `python eval/plot.py` has it
+sys.argv = [{script!r}, "--help"]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_guard_command_comes_before_torch():
+    """plot.py imported speedup (torch, through lit_gpt.flops) before calling guard_command(): Ctrl-C at 0.3-1.5 s
+    printed a KeyboardInterrupt traceback from torch's import. tests/test_exits.py's static check looks only at
+    top-level imports, not at the `if __package__:` one."""
+    script = ROOT / "eval" / "plot.py"
+    probe = GUARD_PROBE.format(eval_dir=str(script.parent), script=str(script))
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--convention" in done.stdout, done.stderr
+    assert "torch imported under _interrupted_while_importing" in done.stderr, done.stderr
+
+
+def test_paper_flops_in_some_rows_and_nonsense_counts_are_one_line(tmp_path, capsys):
+    from test_eval_speedup import clean_rows, write_csv
+
+    rows = clean_rows()
+    for r in rows[:2]:
+        r["paper_flops"] = None
+    resumed = write_csv(tmp_path / "resumed", rows)
+    out = tmp_path / "x.png"
+    err = error_line(capsys, [str(resumed), "--convention", "paper", "--out", str(out)])
+    assert "2 of 6 rows of metrics.csv have no paper_flops (steps 1 to 2); it has them from step 3 on; use " \
+        "--convention exact" in err, err
+    for column, value, expected in (("flops", "nan", "the row of step 4 has flops nan"),
+                                    ("tokens", -1, "the row of step 4 has tokens -1"),
+                                    ("paper_flops", 5, "the row of step 4 has paper_flops 5, less than 21000 at step 3")):
+        rows = clean_rows()
+        rows[3][column] = value
+        bad = write_csv(tmp_path / f"bad_{column}", rows)
+        err = error_line(capsys, [str(bad), "--convention", "paper", "--out", str(out)])
+        assert err.startswith(f"error: {bad / 'metrics.csv'}: {expected}"), err
+    assert not out.exists()

@@ -141,3 +141,67 @@ def test_another_tokenizer_than_training_recorded_is_refused(checkpoint, tmp_pat
     assert err.startswith(f"error: the tokenizer in {checkpoint} (")
     assert f"{checkpoint / 'training.json'} records" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def weights_copy(checkpoint: Path, directory: Path, tokenizer: bool = True) -> Path:
+    """The fixture's model in `directory` (with its tokenizer unless not `tokenizer`)."""
+    directory.mkdir(parents=True)
+    for f in checkpoint.iterdir():
+        if f.is_file() and (tokenizer or f.name.startswith("lit_")):
+            (directory / f.name).write_bytes(f.read_bytes())
+    return directory
+
+
+BAD_RECORDS = {  # file: content -> what the one line names after the file
+    "scratch_string": ("training.json", {"tokens": 10, "scratch_tokens": "x"}, "scratch_tokens is 'x'"),
+    "scratch_list": ("training.json", {"tokens": 10, "scratch_tokens": [1]}, "scratch_tokens is [1]"),
+    "total_string": ("training.json", {"tokens": 10, "total_tokens": "abc"}, "total_tokens is 'abc'"),
+    "total_negative": ("training.json", {"tokens": 10, "total_tokens": -3}, "total_tokens is -3"),
+    "tokens_nan": ("training.json", {"tokens": float("nan")}, "tokens is nan"),
+    "flops_inf": ("training.json", {"flops": float("inf")}, "flops is inf"),
+    "step_bool": ("training.json", {"step": True}, "step is True"),
+    "growth_list": ("training.json", {"tokens": 10, "growth": [1]}, "growth is list [1], not a growth record"),
+    "growth_string": ("training.json", {"tokens": 10, "growth": "stack"}, "growth is str 'stack'"),
+    "training_string": ("training.json", "x", "holds str 'x', not a JSON object"),
+    "growth_json_string": ("growth.json", "stack", " is str 'stack', not a growth record"),
+    "growth_json_nan": ("growth.json", {"operator": "stack", "base_total_tokens": float("nan")},
+                        "base_total_tokens is nan"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_a_damaged_training_or_growth_record_is_one_line(checkpoint, tmp_path, case):
+    """Before: an AttributeError traceback ('str' object has no attribute 'get'), or the bad value copied into
+    the result file unchecked."""
+    name, content, expected = BAD_RECORDS[case]
+    ckpt = weights_copy(checkpoint, tmp_path / "ckpt")
+    (ckpt / name).write_text(json.dumps(content))
+    out = tmp_path / "res.json"
+    code, err = run_cli("--checkpoint", ckpt, "--tasks", "sample_mc", "--limit", 1, "--out", out)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {ckpt / name}") and expected in err and "write the checkpoint again" in err, err
+    assert not out.exists()
+
+
+def test_an_export_without_tokenizer_says_how_to_export_it_with_one(checkpoint, tmp_path):
+    """`eval/run.py --checkpoint_dir STEP/export` said only "no tokenizer in ..."; run.py has no --tokenizer_dir,
+    the export command has."""
+    step = tmp_path / "run" / "step-00000010"
+    step.mkdir(parents=True)
+    (step / "meta.json").write_text(json.dumps({"step": 10, "hparams": {"tokenizer_dir": str(checkpoint)}}))
+    export = weights_copy(checkpoint, step / "export", tokenizer=False)
+    out = tmp_path / "res.json"
+    code, err = run_cli("--checkpoint", export, "--tasks", "sample_mc", "--limit", 1, "--out", out)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: no tokenizer in {export}: export it again with its tokenizer, `python "
+                          f"scripts/export_checkpoint.py --checkpoint_dir {step} --out_dir {export} --tokenizer_dir "
+                          f"{checkpoint} --force`, or copy tokenizer.model or tokenizer.json"), err
+    (step / "meta.json").write_text(json.dumps({"step": 10, "hparams": {}}))  # nowhere to be found: DIR
+    code, err = run_cli("--checkpoint", export, "--tasks", "sample_mc", "--limit", 1, "--out", out)
+    assert code == 1 and "--tokenizer_dir DIR --force` (DIR: the tokenizer the run trained with)" in err, err
+    elsewhere = weights_copy(checkpoint, tmp_path / "elsewhere", tokenizer=False)
+    code, err = run_cli("--checkpoint", elsewhere, "--tasks", "sample_mc", "--limit", 1, "--out", out)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "copy tokenizer.model or tokenizer.json" in err and "scripts/export_checkpoint.py --checkpoint_dir STEP " \
+        "--tokenizer_dir DIR --force" in err, err
+    assert not out.exists()

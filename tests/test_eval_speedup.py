@@ -126,3 +126,86 @@ def test_warnings_for_a_bound_set_by_logging_and_for_one_run_twice(tmp_path, cap
     assert "no base model's FLOPs in the grown run's log" in out and "FLOPs counted" not in out
     assert sp.main(["--scratch", str(tmp_path / "a.csv"), "--grown", str(tmp_path / "a.csv")]) == 0
     assert "--scratch and --grown are the same run" in capsys.readouterr().err
+
+
+def write_csv(path, rows, columns=("step", "tokens", "flops", "paper_flops", "val_loss")):
+    """A metrics.csv of `rows` (dicts; a missing or None cell is empty)."""
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / "metrics.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows({k: ("" if r.get(k) is None else r[k]) for k in columns} for r in rows)
+    return path
+
+
+def clean_rows(steps=6, base=0.0):
+    return [{"step": s, "tokens": 100 * s, "flops": base + 6e3 * s, "paper_flops": base + 7e3 * s,
+             "val_loss": 4.0 - 0.1 * s} for s in range(1, steps + 1)]
+
+
+def test_paper_flops_in_only_some_rows_says_which(tmp_path, capsys):
+    """A run resumed across the upgrade that added paper_flops has it from some step on; the message said the
+    run had no paper_flops values at all, "a run logged before that column existed"."""
+    rows = clean_rows()
+    for r in rows[:3]:
+        r["paper_flops"] = None
+    run = write_csv(tmp_path / "resumed", rows)
+    err = error_line(capsys, ["--scratch", str(run), "--grown", str(run), "--convention", "paper"])
+    assert err.startswith(f"error: {run}: 3 of 6 rows of metrics.csv have no paper_flops (steps 1 to 3); it has "
+                          "them from step 4 on; use --convention exact, which every row has"), err
+    rows[4]["paper_flops"] = None  # not a prefix
+    run = write_csv(tmp_path / "gaps", rows)
+    err = error_line(capsys, ["--scratch", str(run), "--grown", str(run), "--convention", "paper"])
+    assert "4 of 6 rows of metrics.csv have no paper_flops (steps 1 to 5); rows have them from step 4" in err
+    assert sp.main(["--scratch", str(run), "--grown", str(run), "--convention", "exact"]) == 0
+    capsys.readouterr()
+    for r in rows:
+        r["paper_flops"] = None  # a grown run whose base's cost is unknown: the column stays empty
+    run = write_csv(tmp_path / "unknown_base", rows)
+    err = error_line(capsys, ["--scratch", str(run), "--grown", str(run), "--convention", "paper"])
+    assert "has no paper_flops values; use --convention exact" in err and "base's cost" in err
+
+
+BAD_COUNTS = {  # (row index, column, value) -> what the one line says
+    "nan_flops": ((2, "flops", "nan"), "the row of step 3 has flops nan; it must be a finite number >= 0"),
+    "negative_flops": ((2, "flops", -5), "the row of step 3 has flops -5; it must be a finite number >= 0"),
+    "inf_tokens": ((2, "tokens", "inf"), "the row of step 3 has tokens inf; it must be a finite number >= 0"),
+    "nan_paper_flops": ((2, "paper_flops", "nan"), "the row of step 3 has paper_flops nan"),
+    "nan_step": ((2, "step", "nan"), "a row has step nan"),
+    "decreasing_flops": ((3, "flops", 1e3), "the row of step 4 has flops 1000, less than 18000 at step 3"),
+    "decreasing_tokens": ((3, "tokens", 50), "the row of step 4 has tokens 50, less than 300 at step 3"),
+    "decreasing_paper_flops": ((3, "paper_flops", 1), "the row of step 4 has paper_flops 1, less than 21000 at "
+                                                       "step 3"),
+    "flat_flops": ((3, "flops", 18e3), "the row of step 4 has flops 18000, as at step 3, though tokens grew"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COUNTS))
+def test_nonsense_counts_are_refused_naming_file_step_and_column(tmp_path, capsys, case):
+    """NaN, negative or decreasing FLOPs and tokens gave "speedup: nan%" or "-4478177746557.7%"."""
+    (index, column, value), expected = BAD_COUNTS[case]
+    rows = clean_rows()
+    rows[index][column] = value
+    bad, good = write_csv(tmp_path / "bad", rows), write_csv(tmp_path / "good", clean_rows())
+    for convention in ("exact", "paper"):
+        err = error_line(capsys, ["--scratch", str(good), "--grown", str(bad), "--convention", convention])
+        assert err.startswith(f"error: {bad / 'metrics.csv'}: {expected}"), err
+    with pytest.raises(sp.UsageError, match="metrics.csv: "):
+        sp.read_metrics(bad)
+
+
+def test_add_base_flops_on_a_run_that_logs_its_base_warns(runs, tmp_path, capsys):
+    """--add_base_flops on a grown run whose FLOPs already start at the base's cost counted the base twice,
+    silently."""
+    scratch, grown = map(str, runs)
+    assert sp.main(["--scratch", scratch, "--grown", grown, "--add_base_flops", "1e12", "--json"]) == 0
+    out, err = capsys.readouterr()
+    warning = (f"{grown}: FLOPs already start at {5 * TOKENS_PER_STEP * FPT:.3e} (the base model's cost, which "
+               "training logs when growth.json records it), so --add_base_flops 1.000e+12 counts a base's cost "
+               "again; leave it out for such a run")
+    assert f"warning: {warning}\n" in err
+    assert warning in json.loads(out)["warnings"]
+    no_base = write_run(tmp_path / "no_base", factor=1.5)  # what the option is for: no warning at all
+    assert sp.main(["--scratch", scratch, "--grown", str(no_base), "--add_base_flops", "1e11", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out)["warnings"] == []

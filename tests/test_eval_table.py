@@ -157,3 +157,64 @@ def test_script_help_and_run(tmp_path):
                          text=True, check=True).stdout
     assert out.splitlines()[0].startswith("Metric,paper: Pythia-1B,paper: TinyLlama-1.1B (acc_norm)")
     assert "Avg,50.53,-,52.80,50.09" in out
+
+
+def test_accounting_fields_match_lit_gpt_flops():
+    """table.py keeps its own copy of the checked fields (importing lit_gpt.flops would load torch)."""
+    from lit_gpt import flops
+
+    assert (table.TRAINING_NUMBERS, table.RECORD_NUMBERS) == (flops.TRAINING_NUMBERS, flops.RECORD_NUMBERS)
+
+
+def test_an_unknown_base_is_a_question_mark_never_0():
+    """A grown run whose growth record does not know the base's total tokens (null) has total_tokens null
+    (lit_gpt.flops.run_accounting), or its own tokens where older versions counted the unknown base as 0: the
+    cell showed "1K + 512" (base_tokens, the ancestors left out) or "0 + 512"."""
+    cells = []
+    for total in (None, 512):
+        grown = result("grown", FIG3["G_stack"], training={
+            "tokens": 512, "flops": 1e9, "step": 4, "total_tokens": total, "scratch_tokens": {"exact": 900,
+                                                                                               "paper": None}})
+        grown["growth"] = {"operator": "stack", "base_tokens": 1000, "base_total_tokens": None,
+                           "base_scratch_tokens_paper": None}
+        cells.append(by_key(table.build_table([grown])))
+    for rows in cells:
+        assert rows["tokens"].cells() == ["? + 512"]
+        assert rows["scratch_tokens_exact"].cells() == ["900"] and rows["scratch_tokens_paper"].cells() == ["-"]
+
+
+BAD_RESULTS = {  # field: value -> the field the error names
+    "training_string": (("training",), "x", "training is 'x'; it must be an object"),
+    "growth_string": (("growth",), "stack", "growth is 'stack'; it must be an object"),
+    "growth_list": (("growth",), [1], "growth is [1]; it must be an object"),
+    "total_negative": (("training", "total_tokens"), -4, "training.total_tokens is -4; it must be a finite number"),
+    "total_nan": (("training", "total_tokens"), float("nan"), "training.total_tokens is nan; it must be a finite"),
+    "total_inf": (("training", "total_tokens"), float("inf"), "training.total_tokens is inf; it must be a finite"),
+    "total_bool": (("training", "total_tokens"), True, "training.total_tokens is True; it must be a finite"),
+    "total_string": (("training", "total_tokens"), "abc", "training.total_tokens is 'abc'; it must be a finite"),
+    "tokens_negative": (("training", "tokens"), -1, "training.tokens is -1; it must be a finite number"),
+    "flops_nan": (("training", "flops"), float("nan"), "training.flops is nan"),
+    "scratch_string": (("training", "scratch_tokens"), "x", "training.scratch_tokens is 'x'; it must be an object"),
+    "scratch_nan": (("training", "scratch_tokens"), {"exact": float("nan")}, "training.scratch_tokens.exact is nan"),
+    "base_total_nan": (("growth", "base_total_tokens"), float("nan"), "growth.base_total_tokens is nan"),
+    "results_entry": (("results", "piqa"), [0.5], "results.piqa is [0.5]; it must be an object of metrics"),
+    "name_number": (("name",), 5, "name is 5; it must be a string"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RESULTS))
+def test_a_result_file_with_nonsense_accounting_is_refused(tmp_path, capsys, case):
+    """Before: a traceback at train_tokens(r), or cells such as "nan + 2.05K", "infT", "-4 + -1", "1 + 0"."""
+    keys, value, expected = BAD_RESULTS[case]
+    data = result("grown", FIG3["G_stack"], training={"tokens": 2048, "flops": 1e12, "step": 1, "total_tokens": 2560})
+    data["growth"] = {"operator": "stack", "base_total_tokens": 512}
+    target = data
+    for key in keys[:-1]:
+        target = target[key]
+    target[keys[-1]] = value
+    path = tmp_path / "res.json"
+    path.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes them
+    out = tmp_path / "table.md"
+    err = error_line(capsys, [str(path), "--out", str(out)])
+    assert err.startswith(f"error: {path}: {expected}") and "eval/run.py" in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["res.json"]

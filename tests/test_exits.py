@@ -25,9 +25,11 @@ def test_every_command_guards_before_heavy_imports():
         for node in ast.parse((ROOT / path).read_text()).body:
             if isinstance(node, ast.If) and "guard_command()" in ast.unparse(node):
                 break
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
-            before += [n for n in names if n not in STDLIB_OR_LIGHT and n.split(".")[0] not in sys.stdlib_module_names]
+            for inner in ast.walk(node):  # imports inside an `if __package__:` block count too
+                names = ([a.name for a in inner.names] if isinstance(inner, ast.Import)
+                         else [inner.module or "."] if isinstance(inner, ast.ImportFrom) else [])
+                before += [n for n in names
+                           if n not in STDLIB_OR_LIGHT and n.split(".")[0] not in sys.stdlib_module_names]
         else:
             raise AssertionError(f"{path} never calls guard_command()")
         assert before == [], f"{path} imports {before} before guard_command()"

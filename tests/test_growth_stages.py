@@ -58,6 +58,14 @@ def test_plan_lists_grow_and_train_commands(tmp_path):
     ([{"model_name": "2L128H", "compile": "maybe"}], "compile: expected true or false"),
     ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": "stack"}], "grow must be a mapping"),
     (["2L128H"], "stage 1 must be a mapping"),
+    ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": {"op": "hyperclone", "clone_noise": "abc"}}],
+     "grow.clone_noise must be a number"),
+    ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": {"op": "hyperclone", "clone_noise": float("inf")}}],
+     "clone_noise must be from 0 to 1"),
+    ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": {"op": "stack", "init": "official"}}],
+     "stack creates none"),
+    ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": {"op": "direct-width", "split": "foo"}}],
+     "split must be even or lemon"),
     ("  - model_name: 2L128H\n    model_name: 4L128H\n", "line 4: key 'model_name' given twice"),
 ])
 def test_bad_recipes_are_refused(tmp_path, capsys, stages, message):

@@ -138,8 +138,9 @@ def test_exact_split_uses_lit_gpt_flops():
 def test_flops_split_refuses_a_base_that_eats_the_budget():
     with pytest.raises(ValueError, match="budget"):
         paper_split(1e9, 6 * 1e9 * 1e9, d=10e9, g=4)
+    assert paper_split(1e9, 1e20, d=0).target_tokens == pytest.approx(1e20 / 6e9)  # a d = 0 base costs nothing
     with pytest.raises(ValueError):
-        paper_split(1e9, 1e20, d=0)
+        paper_split(1e9, 1e20, d=-1)
     with pytest.raises(ValueError):
         flops_split("exact", -1, 1e9, 1e9, 1e20)
 
@@ -213,6 +214,24 @@ def test_main_agrees_with_the_paper_and_with_speedup(capsys):
     assert plan["split"]["exact_configs"] == {"target": "24L2048H", "base": "6L2048H", "seq_len": 2048, "given": True}
 
 
+def test_a_given_pair_sets_g_and_n_and_conflicts_are_refused(capsys):
+    """4L128H <- 2L128H grows by g = 2: the paper split counts d/2, as growth.json and training do; a --g or
+    --params that disagrees with the pair, or a base as large as the target, is refused."""
+    argv = ["--target", "4L128H", "--base", "2L128H", "--tokens", "1M", "--base_tokens", "100K", "--seq_len", "64"]
+    assert main([*argv, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["growth_factor"]["g"] == 2 and plan["params"] == param_count(Config.from_name("4L128H"))
+    assert plan["split"]["paper"]["base_scratch_tokens"] == pytest.approx(50e3)
+    assert main([*argv, "--base_tokens", "0", "--convention", "paper"]) == 0
+    assert "D' = 1.00M tokens after growth" in capsys.readouterr().out
+    for extra, words in ((["--g", "4"], "--g 4 disagrees with --target/--base, whose growth factor is 2"),
+                         (["--params", "7B"], "--params 7B disagrees with --target 4L128H's")):
+        assert main([*argv, *extra]) == 1
+        assert words in capsys.readouterr().err
+    assert main(["--target", "4L128H", "--base", "4L128H", "--tokens", "1M"]) == 1
+    assert "nothing grows" in capsys.readouterr().err
+
+
 def test_main_flops_budget(capsys):
     assert main(["--params", "1.364e9", "--flops", "8e20", "--g", "4"]) == 0
     out = capsys.readouterr().out
@@ -248,7 +267,7 @@ def test_main_without_a_registered_pair(capsys):
     (["--params=-5B", "--tokens", "1T"], "--params: must be positive"),
     (["--params", "1B", "--tokens", "-1T"], "--tokens"),
     (["--params", "1B", "--flops", "0"], "--flops: must be positive"),
-    (["--params", "1B", "--tokens", "1T", "--base-tokens", "0"], "--base_tokens: must be positive"),
+    (["--params", "1B", "--tokens", "1T", "--base-tokens", "-1"], "--base_tokens"),
     (["--params", "1B", "--tokens", "1T", "--target", "24L2048H"], "--target and --base go together"),
     (["--target", "24L2048H", "--base", "nope", "--tokens", "1T"], "nope"),
     (["--target", "6L2048H", "--base", "24L2048H", "--tokens", "1T"], "cannot shrink"),

@@ -166,6 +166,14 @@ def test_recipes_carry_operator_options_and_budget_convention(capsys):
     assert "--init" not in grows["stack"] and "--split" not in grows["stack"]
 
 
+def test_write_configs_dry_run_writes_nothing(capsys, monkeypatch, tmp_path):
+    recipe = next(iter(recipes.generated_files()))
+    before = (ROOT / recipe).read_bytes()
+    monkeypatch.setattr(recipes.Path, "write_text", lambda *a, **k: pytest.fail("--dry_run wrote a file"))
+    assert rp.main(["write-configs", "--dry_run"]) == 0
+    assert capsys.readouterr().out.startswith("would write ") and (ROOT / recipe).read_bytes() == before
+
+
 def test_a_d0_base_costs_nothing():
     """Issue 12 item 7: the d = 0 base trains 0 steps (max_tokens 0), so its budget is 0, not one step."""
     base = rp.RUNS["1.1b-base-6L2048H-d0"]
