@@ -304,7 +304,8 @@ class LitGPTLM(TemplateLM):
 
     def get_model_info(self) -> Dict[str, Any]:
         return {"checkpoint": str(self.checkpoint_dir), "model_config": self.config.name,
-                "model_num_parameters": sum(p.numel() for p in self.model.parameters()) + self.head.weight.numel(),
+                "model_num_parameters": sum(p.numel() for p in self.model.parameters())
+                + (0 if self.config.tie_embeddings else self.head.weight.numel()),
                 "model_dtype": str(self.dtype), "add_bos_token": self.tok.add_bos}
 
     def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs: Any) -> List[int]:

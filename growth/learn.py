@@ -54,8 +54,7 @@ from growth.width import check_source_state, tensor_spec, check_width_growth
 from lit_gpt.config import Config
 from lit_gpt.files import check_writable_target
 from lit_gpt.fused_cross_entropy import FusedCrossEntropyLoss
-from lit_gpt.fused_rotary_embedding import build_rope_cache
-from lit_gpt.model import GPT, fuse_qkv, split_qkv
+from lit_gpt.model import GPT, fuse_qkv, rope_cache, split_qkv
 from lit_gpt.packed_dataset import PackedDataset
 
 LEARN_OPERATORS = ("learn-depth", "learn-width")
@@ -222,8 +221,7 @@ def _target_model(tgt: Config, device: torch.device) -> GPT:
     """GPT(tgt) with meta parameters (every one is supplied by the hypernetwork) and a real RoPE cache."""
     with torch.device("meta"):
         model = GPT(tgt)
-    model.rope_cos, model.rope_sin = build_rope_cache(tgt.block_size, tgt.rope_n_elem, tgt.rope_base,
-                                                      tgt.condense_ratio, device=device)
+    model.rope_cos, model.rope_sin = rope_cache(tgt, device)
     return model.requires_grad_(False)
 
 

@@ -17,7 +17,8 @@ State = Dict[str, torch.Tensor]
 LAYER_KEY = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")
 WIDTH_FIELDS = ("n_embd", "n_head", "n_query_groups", "intermediate_size", "padded_vocab_size", "_norm_class",
                 "_mlp_class", "bias", "parallel_residual", "shared_attention_norm", "rotary_percentage",
-                "rope_base", "norm_eps")
+                "rope_base", "norm_eps", "condense_ratio", "tie_embeddings", "qkv_bias", "proj_bias", "head_dim",
+                "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_seq_len")
 
 
 SIZE_FIELDS = ("n_layer", "n_embd", "n_head", "n_query_groups", "intermediate_size")

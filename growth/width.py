@@ -52,7 +52,8 @@ _TENSORS = {
 }
 _GROWN = ("n_embd", "n_head", "n_query_groups", "intermediate_size")
 _KEPT = ("vocab_size", "padded_vocab_size", "n_layer", "bias", "parallel_residual", "shared_attention_norm",
-         "rotary_percentage", "rope_base", "condense_ratio", "_mlp_class")
+         "rotary_percentage", "rope_base", "condense_ratio", "_mlp_class", "tie_embeddings", "qkv_bias",
+         "proj_bias", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_seq_len")
 
 
 def check_width_growth(src: Config, tgt: Config) -> None:
@@ -62,6 +63,9 @@ def check_width_growth(src: Config, tgt: Config) -> None:
     them new query heads) are built from whole source groups; n_head' = q_per_kv n_query_groups' follows.
     norm_eps, block_size and the norm class may differ (they hold no weights).
     """
+    if src.tie_embeddings or tgt.tie_embeddings:
+        raise ValueError("width growth does not handle tied input and output embeddings yet (a duplicated unit "
+                         "needs W/k in the LM head but the full column in the embedding); grow the depth instead")
     if src.head_size != tgt.head_size:
         raise ValueError(f"width growth keeps head_size (n_embd / n_head): the source has {src.n_embd}/{src.n_head}"
                          f" = {src.head_size}, the target {tgt.n_embd}/{tgt.n_head} = {tgt.head_size}")
@@ -78,7 +82,8 @@ def check_width_growth(src: Config, tgt: Config) -> None:
 
 
 def _sizes(c: Config) -> Dict[str, int]:
-    return {"vocab": c.padded_vocab_size, "hidden": c.n_embd, "heads": c.n_embd, "ffn": c.intermediate_size,
+    return {"vocab": c.padded_vocab_size, "hidden": c.n_embd, "heads": c.n_head * c.head_size,
+            "ffn": c.intermediate_size,
             "qkv": (c.n_head + 2 * c.n_query_groups) * c.head_size}
 
 

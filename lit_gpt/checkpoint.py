@@ -313,6 +313,8 @@ def export_weights(fabric, model: torch.nn.Module, config: Config, out_dir: Path
     def write() -> None:
         for key, factor in growth_mask_factors(model).items():
             state[key] = (state[key].float() * factor).to(state[key].dtype)
+        if config.tie_embeddings:  # the full state dict holds two equal copies: write one tensor, as the model has
+            state["lm_head.weight"] = state["transformer.wte.weight"]
         write_weights(state, config, out_dir, tokenizer_dir, training, growth)
 
     on_rank_zero(fabric, write)

@@ -30,19 +30,22 @@ CONVENTION_HELP = ("compute accounting: exact (each model's own FLOPs per token,
 
 def block_matrix_params(config: Config) -> int:
     """Parameters of the blocks' weight matrices and biases of `GPT(config)`: no embedding, LM head or norm."""
-    return param_count(config) - 2 * config.padded_vocab_size * config.n_embd - (2 * config.n_layer + 1) * config.n_embd
+    vocab_matrices = 1 if config.tie_embeddings else 2
+    return (param_count(config) - vocab_matrices * config.padded_vocab_size * config.n_embd
+            - (2 * config.n_layer + 1) * config.n_embd)
 
 
 def flops_per_token(config: Config, seq_len: int) -> float:
-    """Exact training FLOPs per token (forward + backward): 6 N' + 6 L T d.
+    """Exact training FLOPs per token (forward + backward): 6 N' + 6 L T h.
 
-    N' counts every parameter but the embedding lookup (the LM head is a matmul and counts); 6 L T d is the
-    attention scores and their weighted sum (PaLM's 12 L T d, halved for the causal mask), T = `seq_len` tokens.
+    N' counts every parameter but the embedding lookup (the LM head is a matmul and counts, also when it is the
+    tied embedding matrix); 6 L T h is the attention scores and their weighted sum (PaLM's 12 L T d, halved for
+    the causal mask), T = `seq_len` tokens, h = n_head x head_size (n_embd unless head_dim says otherwise).
     `torch.utils.flop_counter` counts the same matmuls but attention in full (12 L T d): see
     tests/test_flops.py.
     """
-    n = param_count(config) - config.padded_vocab_size * config.n_embd
-    return 6.0 * n + 6.0 * config.n_layer * seq_len * config.n_embd
+    lookup = 0 if config.tie_embeddings else config.padded_vocab_size * config.n_embd  # tied: counted once
+    return 6.0 * (param_count(config) - lookup) + 6.0 * config.n_layer * seq_len * config.n_head * config.head_size
 
 
 def paper_flops_per_token(config: Config) -> float:

@@ -8,6 +8,8 @@ about 1/world of the weights, never the whole model. Two ways to fill them:
 - `load_parameters`: a weights-only checkpoint (a grown model), memory-mapped; each rank copies its shard of
   one parameter at a time.
 Plain (unsharded) parameters are filled whole, so single-process and DDP runs use the same code.
+A tied embedding and LM head (`Config.tie_embeddings`) is one parameter, filled once under its key
+`transformer.wte.weight` (TIED_KEY); `GPT` keeps it tied through `to_empty()`.
 """
 
 import hashlib
@@ -19,6 +21,11 @@ import torch
 from torch import nn
 
 from lit_gpt.model import GPT, CausalSelfAttention, SwiGLU, _plain_name, rmsnorm
+from lit_gpt.utils import CheckpointError
+
+# the key a parameter shared by several modules is filled under: a tied model's embedding, which `named_parameters`
+# would report as `lm_head.weight` (registered first)
+TIED_KEY = "transformer.wte.weight"
 
 
 def parameter_inits(model: GPT) -> Dict[str, Tuple[str, float]]:
@@ -74,18 +81,43 @@ def init_parameters(model: GPT, seed: int) -> None:
 
 def load_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Copies `state` (full tensors keyed as the state dict, e.g. from `open_weights`) into the
-    model's parameters; a sharded parameter reads only its shard's rows. Raises KeyError for a missing key
-    (check the state with `lit_gpt.utils.check_state_dict` first)."""
-    def full(name: str, param: torch.Tensor) -> torch.Tensor:
-        value = state[name]
-        return value.get() if isinstance(value, _Lazy) else value
+    model's parameters; a sharded parameter reads only its shard's rows. A tied parameter is read from TIED_KEY;
+    the state's other keys for it (`lm_head.weight`, which our tied checkpoints store as the same tensor) must hold
+    the same values.
 
-    _fill(model, full)
+    Raises:
+        KeyError: a missing key (check the state with `lit_gpt.utils.check_state_dict` first).
+        CheckpointError: the keys of a tied parameter hold different tensors (an untied checkpoint given a tied
+            config), before anything is copied.
+    """
+    def value(name: str) -> torch.Tensor:
+        found = state[name]
+        return found.get() if isinstance(found, _Lazy) else found
+
+    for name, aliases, _ in _named_parameters(model):
+        for alias in aliases:
+            if alias in state and not same_tensor(state[name], state[alias]) and \
+                    not torch.equal(value(name), value(alias)):
+                raise CheckpointError(f"the config ties {alias} to {name}, but the checkpoint holds different "
+                                      "tensors for them: it was saved untied; use its own config")
+    _fill(model, lambda name, param: value(name))
+
+
+def same_tensor(a, b) -> bool:
+    """Whether `a` and `b` are one tensor, so their values need no comparison: views of one storage with one layout
+    (the two keys of a tied state dict, also as torch.load returns them), or meta tensors of one shape (no values
+    to tell apart). False for anything else, e.g. safetensors' lazily read tensors."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
+        return False
+    if a.is_meta and b.is_meta:
+        return True
+    return a.stride() == b.stride() and a.storage_offset() == b.storage_offset() and \
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _fill(model: nn.Module, full: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
     with torch.no_grad():
-        for name, param in _named_parameters(model):
+        for name, _, param in _named_parameters(model):
             local, (offsets, sizes) = _local_view(param)
             source = full(name, param)
             for dim, (offset, size) in enumerate(zip(offsets, sizes, strict=True)):
@@ -93,9 +125,17 @@ def _fill(model: nn.Module, full: Callable[[str, torch.Tensor], torch.Tensor]) -
             local.copy_(source.to(device=local.device, dtype=local.dtype))
 
 
-def _named_parameters(model: nn.Module) -> Iterator[Tuple[str, torch.Tensor]]:
-    for name, param in model.named_parameters():
-        yield _plain_name(name), param
+def _named_parameters(model: nn.Module) -> Iterator[Tuple[str, Tuple[str, ...], torch.Tensor]]:
+    """(key, other keys of the same parameter, parameter) once per parameter; a shared one under TIED_KEY when
+    that is among its keys."""
+    keys: Dict[int, list] = {}
+    params: Dict[int, torch.Tensor] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        keys.setdefault(id(param), []).append(_plain_name(name))
+        params.setdefault(id(param), param)
+    for ident, names in keys.items():
+        name = TIED_KEY if TIED_KEY in names else names[0]
+        yield name, tuple(n for n in names if n != name), params[ident]
 
 
 def _local_view(param: torch.Tensor):

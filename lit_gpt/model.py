@@ -17,6 +17,10 @@ from lit_gpt.fused_rotary_embedding import apply_rotary_emb_func, build_rope_cac
 
 
 class GPT(nn.Module):
+    """With `config.tie_embeddings` the LM head is the embedding matrix: `lm_head.weight is transformer.wte.weight`
+    (one parameter: one gradient summing both uses, one optimizer state), kept so through `to()`, `to_empty()`
+    and every other `_apply`; the state dict holds both keys, sharing that tensor."""
+
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
@@ -26,9 +30,22 @@ class GPT(nn.Module):
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=norm_class(config)(config.n_embd, eps=config.norm_eps),
         ))
+        self.tie_weights()
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.reset_parameters()
+
+    def tie_weights(self) -> None:
+        """Makes `lm_head.weight` the embedding's parameter when the config ties them (else does nothing)."""
+        if self.config.tie_embeddings and isinstance(self.lm_head, nn.Linear):
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def _apply(self, fn, recurse: bool = True):
+        # `to_empty()` (meta -> device) and conversions that cannot reuse a parameter's storage give each module a
+        # new Parameter, which would leave the LM head a copy of the embedding, no longer tied
+        module = super()._apply(fn, recurse)
+        self.tie_weights()
+        return module
 
     def reset_parameters(self) -> None:
         """Upstream's initialisation (reference tinyllama-upstream.md §2.5) and a fresh RoPE cache.
@@ -43,9 +60,7 @@ class GPT(nn.Module):
 
     def reset_rope_cache(self) -> None:
         """Recomputes the RoPE cos/sin buffers on the device of the weights (after `to_empty()`, they hold garbage)."""
-        cos, sin = build_rope_cache(self.config.block_size, self.config.rope_n_elem, self.config.rope_base,
-                                    self.config.condense_ratio, device=self.lm_head.weight.device)
-        self.rope_cos, self.rope_sin = cos, sin
+        self.rope_cos, self.rope_sin = rope_cache(self.config, device=self.transformer.wte.weight.device)
 
     def _init_weights(self, module: nn.Module, n_layer: int) -> None:
         init_weights(module, self.config.n_embd, n_layer)
@@ -88,6 +103,13 @@ class GPT(nn.Module):
             module.register_buffer("growth_ramp", torch.zeros((), device=device), persistent=False)
             module.growth_phase = width_phase(key)
             module.register_forward_hook(_width_mask_hook)
+
+
+def rope_cache(config: Config, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (block_size, rope_n_elem // 2), fp32, for every RoPE setting of `config` (base, linear or Llama 3
+    scaling): what `GPT` computes with, for code that builds the cache apart from a model."""
+    return build_rope_cache(config.block_size, config.rope_n_elem, config.rope_base, config.condense_ratio,
+                            device=device, llama3=config.rope_llama3)
 
 
 def _plain_name(name: str) -> str:
@@ -224,19 +246,20 @@ class Block(nn.Module):
 class CausalSelfAttention(nn.Module):
     """Multi-head, grouped-query or multi-query causal attention.
 
-    `attn.weight` rows are grouped per key/value head: for each of the n_query_groups groups,
-    [its q_per_kv query heads | its key head | its value head], each head_size rows.
+    `attn.weight` rows (and `attn.bias` entries, with `bias` or `qkv_bias`) are grouped per key/value head: for
+    each of the n_query_groups groups, [its q_per_kv query heads | its key head | its value head], each head_size
+    rows. `proj` maps the n_head * head_size concatenated head outputs to n_embd (HF's o_proj).
     """
 
     def __init__(self, config: Config) -> None:
         super().__init__()
         shape = (config.n_head + 2 * config.n_query_groups) * config.head_size
-        self.attn = nn.Linear(config.n_embd, shape, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn = nn.Linear(config.n_embd, shape, bias=config.bias or config.qkv_bias)
+        self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias or config.proj_bias)
         self.config = config
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         cfg = self.config
         qkv = self.attn(x).view(B, T, cfg.n_query_groups, cfg.q_per_kv + 2, cfg.head_size)
         q, k, v = qkv.split((cfg.q_per_kv, 1, 1), dim=3)
@@ -246,7 +269,7 @@ class CausalSelfAttention(nn.Module):
         q = apply_rotary_emb_func(q, cos, sin)
         k = apply_rotary_emb_func(k, cos, sin)
         y = self.scaled_dot_product_attention(q, k, v)
-        return self.proj(y.reshape(B, T, C))
+        return self.proj(y.reshape(B, T, cfg.n_head * cfg.head_size))
 
     def scaled_dot_product_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """(B, T, heads, hs) in and out; K/V heads are shared by their query group, never copied."""
@@ -286,7 +309,8 @@ class SwiGLU(nn.Module):
 
 
 def split_qkv(weight: torch.Tensor, config: Config) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fused, group-interleaved `attn.attn` rows -> (q, k, v) rows, each in head order."""
+    """Fused, group-interleaved `attn.attn` rows -> (q, k, v) rows, each in head order: the weight (rows, n_embd)
+    or the bias (rows,), which is laid out like the weight's rows."""
     groups = weight.reshape(config.n_query_groups, config.q_per_kv + 2, config.head_size, *weight.shape[1:])
     q = groups[:, :config.q_per_kv].reshape(config.n_head * config.head_size, *weight.shape[1:])
     k = groups[:, config.q_per_kv].reshape(config.n_query_groups * config.head_size, *weight.shape[1:])
@@ -295,7 +319,7 @@ def split_qkv(weight: torch.Tensor, config: Config) -> Tuple[torch.Tensor, torch
 
 
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Config) -> torch.Tensor:
-    """Inverse of `split_qkv`: q, k, v rows in head order -> group-interleaved fused rows."""
+    """Inverse of `split_qkv`: q, k, v rows (weights or 1-D biases) in head order -> group-interleaved fused rows."""
     rest = q.shape[1:]
     q = q.reshape(config.n_query_groups, config.q_per_kv, config.head_size, *rest)
     k = k.reshape(config.n_query_groups, 1, config.head_size, *rest)

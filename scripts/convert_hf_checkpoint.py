@@ -1,6 +1,9 @@
-"""Convert an HF Llama checkpoint directory into lit_gpt's `lit_model.pth` + `lit_config.json`.
+"""Convert an HF Llama-family checkpoint directory into lit_gpt's `lit_model.pth` + `lit_config.json`.
 
     python scripts/convert_hf_checkpoint.py --checkpoint_dir checkpoints/TinyLlama-1.1B
+
+Families (`lit_gpt.convert`): LlamaForCausalLM (Llama, TinyLlama, SmolLM2, Llama 3.x with llama3 RoPE; tied
+embeddings, attention_bias, head_dim) and Qwen2ForCausalLM (q/k/v biases); anything else is one `error:` line.
 
 Both files are written into the checkpoint directory, under temporary names renamed when both are complete;
 existing ones are replaced only with --force.

@@ -1,4 +1,5 @@
-"""Convert a lit_gpt checkpoint into an HF Llama directory that `LlamaForCausalLM.from_pretrained` loads.
+"""Convert a lit_gpt checkpoint into an HF directory that `AutoModelForCausalLM.from_pretrained` loads: a
+`LlamaForCausalLM`, or a `Qwen2ForCausalLM` for a model with biases on q, k, v only (`lit_gpt.convert.lit_config_to_hf`).
 
     python scripts/convert_lit_checkpoint.py --checkpoint_path out/run/lit_model.pth --out_dir out/run/hf
 

@@ -6,7 +6,6 @@ recipe of `python -m growth stages`, the small-gpu model configs, and `write_con
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -137,7 +136,7 @@ def generated_files() -> Dict[Path, str]:
     files = {recipe_path(r): render_recipe(r) for r in RUNS.values() if r.recipe is None}
     files[CONFIG_DIR / "gradual_stack.yaml"] = render_stages_recipe("gradual_stack")
     for name, cfg in SMALL_CONFIGS.items():
-        files[SMALL_DIR / f"{name}.json"] = json.dumps(dataclasses.asdict(Config(**cfg)), indent=2) + "\n"
+        files[SMALL_DIR / f"{name}.json"] = json.dumps(Config(**cfg).json_fields(), indent=2) + "\n"
     return files
 
 

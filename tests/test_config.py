@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lit_gpt import GPT, Config
-from lit_gpt.config import name_to_config
+from lit_gpt.config import name_to_config, param_count
 from lit_gpt.utils import num_parameters
 
 # totals checked against reference/tinyllama-upstream.md §3.2 and reference/stacking-paper.md §5.1
@@ -17,6 +17,12 @@ PARAMETER_COUNTS = {
     "tiny_LLaMA_7B": 5_933_109_248,
     "32L4096H": 6_738_415_616,
     "tiny_LLaMA_1.1B": 1_213_302_784,
+    # public models (reference families-and-schedules.md §1): their released checkpoints' totals, the tied
+    # embedding counted once (transformers' num_parameters; tests/test_families.py builds them from our configs)
+    "SmolLM2-135M": 134_515_008,
+    "SmolLM2-360M": 361_821_120,
+    "Llama-3.2-1B": 1_235_814_400,
+    "Qwen2.5-0.5B": 494_032_768,
 }
 
 PAPER_NAMES = ["24L2048H", "12L2048H", "6L2048H", "3L2048H", "1L2048H", "24L1024H", "6L1024H", "tiny_LLaMA_410M",
@@ -29,6 +35,7 @@ PAPER_NAMES = ["24L2048H", "12L2048H", "6L2048H", "3L2048H", "1L2048H", "24L1024
 def test_parameter_counts(name):
     with torch.device("meta"):
         assert num_parameters(GPT(Config.from_name(name))) == PARAMETER_COUNTS[name]
+    assert param_count(Config.from_name(name)) == PARAMETER_COUNTS[name]
 
 
 def test_tinyllama_1b_fields():

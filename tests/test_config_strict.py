@@ -37,6 +37,9 @@ def write_config(tmp_path, text):
     ({"n_head": 0}, ["n_head=0 must be at least 1"]),
     ({"norm_eps": -1}, ["norm_eps=-1 must be a positive finite number"]),
     ({"n_head": 3}, ["not divisible by n_head=3"]),
+    ({"tie_embeddings": 1}, ["tie_embeddings must be true or false, got 1"]),
+    ({"head_dim": 64.0}, ["head_dim must be a whole number or null, got 64.0"]),
+    ({"qkv_bias": True, "bias": True}, ["bias=true already puts a bias on every Linear"]),
 ])
 def test_faulty_keys_and_values_are_refused_naming_the_file(tmp_path, change, words):
     path = write_config(tmp_path, {**UPSTREAM_1B, **change})

@@ -125,12 +125,14 @@ def test_pytorch_bin_and_upstream_training_checkpoint(tmp_path):
     assert files_in(tmp_path / "hf") == ["config.json", "model.safetensors"]
 
 
-def test_tied_embeddings_are_untied(tmp_path):
+def test_tied_embeddings_stay_tied(tmp_path):  # every family and both directions: tests/test_families.py
     model = hf_model("mha", tie_word_embeddings=True)
     model.save_pretrained(tmp_path)
+    assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
     assert run(HF_SCRIPT, "--checkpoint_dir", tmp_path).returncode == 0
+    assert Config.from_json(tmp_path / "lit_config.json").tie_embeddings
     state = torch.load(tmp_path / "lit_model.pth", weights_only=True)
-    assert torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])
+    assert state["lm_head.weight"].untyped_storage().data_ptr() == state["transformer.wte.weight"].untyped_storage().data_ptr()
 
 
 def test_tokenizer_files_travel(tmp_path):
@@ -257,12 +259,15 @@ def test_linear_rope_scaling_is_exact_both_ways(tmp_path, style, factor, theta):
 
 @pytest.mark.parametrize("style", ["rope_parameters", "rope_scaling"])
 @pytest.mark.parametrize("settings, words", [  # {block}: the key written; {type}: rope_type or its old name type
-    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-      "original_max_position_embeddings": 16}, ["{block}.{type}='llama3'", "default and linear"]),
+    ({"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+      "original_max_position_embeddings": 16}, ["{block}.{type}='longrope'", "default, linear and llama3"]),
     ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}, ["{block}.{type}='yarn'"]),
     ({"rope_type": "dynamic", "factor": 2.0}, ["{block}.{type}='dynamic'"]),
     ({"rope_type": "linear"}, ["{block}.{type}='linear' without a factor"]),
     ({"rope_type": "linear", "factor": "2"}, ["{block}.factor='2'", "positive number"]),
+    ({"rope_type": "llama3", "factor": 8.0}, ["{block}.{type}='llama3' without a low_freq_factor, a high_freq_factor"]),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0},
+     ["{block}.low_freq_factor=4 and {block}.high_freq_factor=4", "low_freq_factor < high_freq_factor"]),
     ({"rope_type": "default", "partial_rotary_factor": 0.5}, ["{block}.partial_rotary_factor=0.5"]),
 ])
 def test_rope_we_cannot_represent_is_refused(tmp_path, style, settings, words):

@@ -110,3 +110,16 @@ def test_paper_convention_needs_the_column(tmp_path, capsys):
     (run / "metrics.csv").write_text("step,tokens,flops,val_loss\n1,10,60,3.0\n2,20,120,2.0\n")
     message = command_error(capsys, sp.main, ["--scratch", str(run), "--grown", str(run), "--convention", "paper"])
     assert "has no paper_flops values" in message and "--convention exact" in message
+
+
+def test_tied_embeddings_and_head_dim_count_what_runs():
+    """A tied LM head is still a matmul (the embedding lookup is not); attention spans n_head x head_dim."""
+    from dataclasses import replace
+
+    plain = Config.from_name("SmolLM2-135M")
+    untied = replace(plain, name="untied", tie_embeddings=False)
+    assert plain.tie_embeddings and flops_per_token(plain, 2048) == flops_per_token(untied, 2048)
+    assert growth_factor(replace(plain, n_layer=15), plain) == 2.0
+    wide_heads = replace(untied, head_dim=2 * untied.head_size)
+    extra = 6 * untied.n_layer * 2048 * untied.n_head * untied.head_size  # attention twice as wide
+    assert flops_per_token(wide_heads, 2048) - flops_per_token(untied, 2048) > extra
