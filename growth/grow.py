@@ -124,7 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--target", required=True, help="target config: a name (e.g. 24L2048H) or a lit_config.json")
     p.add_argument("--op", required=True, help=f"operator: {', '.join(OPERATORS)}")
     p.add_argument("--layers", default="cyclic", help="layer map for depth growth: cyclic (default), interleave, "
-                   "solar:K, the paper's notation (12-3456*5-56) or ranges ((1-12)*2); see python -m growth layers")
+                   "solar:K, top, middle, pro:K (LLaMA-Pro: a copy after every K layers; with --op zero-depth, "
+                   "identity blocks), the paper's notation (12-3456*5-56) or ranges ((1-12)*2); see python -m "
+                   "growth layers")
     p.add_argument("--split", choices=["even", "lemon"], default=None,
                    help="direct-width: fan-in split of duplicated units: lemon (default; LEMON's uneven split, the "
                    "paper's) or even (1/(c+1) each, the released code; copies then stay equal to their originals "

@@ -14,6 +14,9 @@ Spec grammar. Layers in specs are 1-based; whitespace between tokens is ignored.
      top          gradual stacking's rule (§4.4, StackBERT): the base, then copies of its top L-l layers.
      middle       MIDAS (§10, Saunshi et al. 2024): a copy of the base's middle L-l layers goes right
                   after them.
+     pro:K        LLaMA-Pro block expansion (Wu et al. 2024; families-and-schedules.md §3): after every K base
+                  layers a copy of the K-th, so L = l + l/K (32 -> 40 at K = 4). With --op zero-depth each copy
+                  is an identity block, as LLaMA-Pro's expansion.
 2. The paper's partial-stacking notation (§4.2), for bases of at most 9 layers. A spec with no ',', '(' or
    ')' is read this way:
      spec  := piece ('-' piece)*
@@ -37,11 +40,12 @@ from typing import List, Optional, Sequence, Tuple
 
 from lit_gpt.cli import ArgumentParser
 
-PRESETS = ("cyclic", "interleave", "solar:K", "top", "middle")
+PRESETS = ("cyclic", "interleave", "solar:K", "top", "middle", "pro:K")
 MAX_LAYERS = 100_000  # refuse specs that expand beyond this (e.g. '(1-9)*99999999')
 PAPER_MAX_BASE = 9
 _DIGITS = "0123456789"
-_EXAMPLES = "e.g. 'cyclic', 'interleave', 'solar:8', 'top', 'middle', '12-3456*5-56' or '1-2,(3-10)*3,11-12'"
+_EXAMPLES = ("e.g. 'cyclic', 'interleave', 'solar:8', 'top', 'middle', 'pro:4', '12-3456*5-56' or "
+             "'1-2,(3-10)*3,11-12'")
 
 
 def resolve(spec: str, base_layers: int, target_layers: Optional[int] = None) -> List[int]:
@@ -71,18 +75,21 @@ def resolve(spec: str, base_layers: int, target_layers: Optional[int] = None) ->
 
 
 def _preset(text: str, base: int, target: Optional[int]) -> List[int]:
-    """cyclic / interleave / solar:K (§3.1), top / middle (§4.4, §10). cyclic with L not a multiple of l cuts
+    """cyclic / interleave / solar:K (§3.1), top / middle (§4.4, §10), pro:K (LLaMA-Pro). cyclic with L not a
+    multiple of l cuts
     the last copy short (map[j] = j mod l); interleave with L not a multiple of l repeats some layers once
     more than others."""
     name, colon, arg = text.partition(":")
     name = name.strip().lower()
-    if name not in ("cyclic", "interleave", "solar", "top", "middle"):
-        raise ValueError(f"unknown preset {text!r}; use cyclic, interleave, solar:K, top, middle or a layer list, "
-                         f"{_EXAMPLES}")
+    if name not in ("cyclic", "interleave", "solar", "top", "middle", "pro"):
+        raise ValueError(f"unknown preset {text!r}; use cyclic, interleave, solar:K, top, middle, pro:K or a layer "
+                         f"list, {_EXAMPLES}")
     if target is None:
         raise ValueError(f"preset {text!r} needs the target layer count (target_layers, or --target N)")
     if name == "solar":
         return _solar(arg.strip(), base, target)
+    if name == "pro":
+        return _pro(arg.strip(), base, target)
     if colon:
         raise ValueError(f"preset {name!r} takes no argument, got {text!r}; write just {name!r}")
     if name == "cyclic":
@@ -101,6 +108,22 @@ def _block_copy(where: str, n: int, target: int) -> List[int]:
                          f"{n + 1}..{2 * n} layers, not {target}; grow in several stages")
     start = n - k if where == "top" else (n - k) // 2
     return list(range(0, start + k)) + list(range(start, n))
+
+
+def _pro(arg: str, n: int, target: int) -> List[int]:
+    """LLaMA-Pro's placement: the base in groups of k layers, each followed by a copy of its last layer
+    (n = 32, k = 4: 40 layers). k must divide n and the target must have n + n/k layers."""
+    if not (arg.isascii() and arg.isdigit() and int(arg) > 0):
+        raise ValueError(f"pro needs the group size K (a new layer after every K) as a whole number >= 1, e.g. "
+                         f"'pro:4', got 'pro:{arg}'")
+    k = int(arg)
+    if n % k:
+        raise ValueError(f"pro:{k} needs a base whose layer count is a multiple of {k}, but it has {n}; pick a K "
+                         f"that divides {n}")
+    if target != n + n // k:
+        raise ValueError(f"pro:{k} on a {n}-layer base builds {n + n // k} layers, not {target}; use a target of "
+                         f"{n + n // k} layers or another K")
+    return [i for g in range(0, n, k) for i in (*range(g, g + k), g + k - 1)]
 
 
 def _solar(arg: str, n: int, target: int) -> List[int]:
@@ -339,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(
         prog="python -m growth layers",
         description="Show the layer index map of a depth-growth spec, its notation and connection rate R_c.",
-        epilog="SPEC is a preset (cyclic, interleave, solar:K, top, middle; these need --target), the paper's "
+        epilog="SPEC is a preset (cyclic, interleave, solar:K, top, middle, pro:K; these need --target), the paper's "
                "notation for bases of up to 9 layers (12-3456*5-56) or the general form ((1-12)*2, "
                "1-2,(3-10)*3,11-12). Quote it in the shell.")
     parser.add_argument("spec", metavar="SPEC", help="layer spec, see below")

@@ -55,6 +55,22 @@ def test_zero_depth_preserves_the_function(kind, base, g, order):
         assert (grown(idx) - src(idx)).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_depth_with_llama_pro_placement_is_exact(kind):
+    """`--layers pro:K --op zero-depth` is LLaMA-Pro's expansion: identity blocks after every K layers."""
+    from growth.layers import resolve
+
+    src = base_model(kind, 4)
+    tgt_config = small_config(kind, n_layer=6)
+    grown = GPT(tgt_config)
+    grown.load_state_dict(zero_depth(src.config, src.state_dict(), tgt_config, resolve("pro:2", 4, 6)))
+    idx = torch.randint(0, 96, (2, 32))
+    with torch.no_grad():
+        assert (grown(idx) - src(idx)).abs().max().item() <= 1e-5
+    for j in (2, 5):  # the new blocks: copies of layers 2 and 4 with zero output projections
+        assert not grown.transformer.h[j].attn.proj.weight.any() and not grown.transformer.h[j].mlp.swiglu.w3.weight.any()
+
+
 def test_stack_changes_the_function_and_zero_depth_rejects_bad_orders():
     src = base_model("gqa", 2)
     tgt = small_config("gqa", n_layer=4)

@@ -87,6 +87,15 @@ def test_solar_length_and_range(data):
         assert index_map == list(range(n - k)) + list(range(k, n))  # SOLAR's own [0:n-k] + [k:n]
 
 
+def test_pro_is_llama_pros_block_expansion():
+    """LLaMA-Pro (families-and-schedules.md §3): LLaMA-2-7B's 32 blocks in 8 groups of 4, each followed by a
+    copy of the group's last block: 40 layers."""
+    index_map = resolve("pro:4", 32, 40)
+    assert len(index_map) == 40 and index_map[:10] == [0, 1, 2, 3, 3, 4, 5, 6, 7, 7]
+    assert [j for j in range(40) if index_map[j] == index_map[j - 1]] == [4 + 5 * i for i in range(8)]
+    assert resolve("pro:1", 3, 6) == [0, 0, 1, 1, 2, 2] and resolve("PRO:3", 3, 4) == [0, 1, 2, 2]
+
+
 def test_general_form_with_twelve_layers():
     assert resolve("1-2,(3-10)*3,11-12", 12, 28) == [0, 1] + list(range(2, 10)) * 3 + [10, 11]
     assert resolve("(1-12)*2", 12, 24) == list(range(12)) * 2
@@ -206,6 +215,10 @@ def test_resolve_matches_independent_expansion(case):
     ("cyclic", 100_000, 100_000_000, ["target has 100000000 layers", str(MAX_LAYERS)]),  # ran for minutes
     ("1", MAX_LAYERS + 1, None, ["base has 100001 layers"]),
     ("123", 0, None, ["at least 1 layer"]),
+    ("pro:3", 32, 42, ["multiple of 3", "32"]),
+    ("pro:4", 32, 48, ["builds 40 layers, not 48"]),
+    ("pro:0", 32, 40, ["pro:0", "whole number >= 1"]),
+    ("pro", 32, 40, ["'pro:'"]),
 ])
 def test_errors(spec, base, target, fragments):
     with pytest.raises(ValueError) as info:
