@@ -23,7 +23,7 @@ The output (read by eval/table.py):
 written atomically (honouring the umask). An existing --out is replaced only with --force. A missing
 checkpoint, a checkpoint without tokenizer (the line says how to add one: this command has no --tokenizer_dir,
 scripts/export_checkpoint.py has) or with another tokenizer than its training.json records, a training.json or
-growth.json with a field of the wrong type or a count that is not a finite number >= 0 (lit_gpt/flops.py's
+growth.json with a field of the wrong type or a count that is not a finite number >= 0 (lit_gpt/records.py's
 checks), an unknown task, an --out that cannot be written or a bad argument is reported as one `error:` line
 with exit code 1, before the evaluation starts, and nothing is written.
 """
@@ -157,7 +157,7 @@ def load_tasks(task_manager, names: List[str]) -> list:
 
 def export_hf(checkpoint: Path, out_dir: Path) -> None:
     """The checkpoint as an HF Llama directory, written by the converter users run themselves."""
-    from lm import find_weights
+    from checkpoint_info import find_weights
 
     script = ROOT / "scripts" / "convert_lit_checkpoint.py"
     spec = importlib.util.spec_from_file_location("convert_lit_checkpoint", script)
@@ -244,7 +244,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: torch sees no CUDA device")
 
-    from lm import EvalTokenizer, LitGPTLM, checkpoint_info
+    from checkpoint_info import checkpoint_info
+    from lm import EvalTokenizer, LitGPTLM
 
     info = checkpoint_info(checkpoint)  # missing checkpoint, config or tokenizer: one line, before any work
     check_checkpoint_tokenizer(checkpoint)

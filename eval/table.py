@@ -19,7 +19,6 @@ per token) and "(paper)" (own tokens + the base's d / g), both the own tokens fo
 import csv
 import io
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
 from lit_gpt.files import check_keeps_inputs, check_writable_target, write_text  # noqa: E402
+from lit_gpt.records import CONVENTIONS, check_growth_record, check_training_record  # noqa: E402
 
 PAPER_FILE = Path(__file__).resolve().parent / "paper_numbers.json"
 
@@ -56,11 +56,6 @@ SEVEN = ["lambada", "arc_c", "arc_e", "logiqa", "piqa", "sciq", "winogrande"]
 WIKITEXT = ("wikitext", "word_perplexity")
 EXTRA_METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "perplexity")
 PAPER_ROWS = {"train_loss": ("Train loss", "{:.3f}"), "speedup_pct": ("Speedup", "{:.1f}%")}
-# the accounting numbers of a result's `training` and `growth`: absent or null (unknown), else finite and >= 0;
-# lit_gpt.flops.TRAINING_NUMBERS and RECORD_NUMBERS (tests/test_eval_table.py), whose import would load torch
-TRAINING_NUMBERS = ("step", "tokens", "flops", "stream_tokens", "skipped_tokens", "total_tokens", "paper_flops")
-RECORD_NUMBERS = ("base_step", "base_tokens", "base_flops", "base_stream_tokens", "base_total_tokens",
-                  "base_scratch_tokens_paper", "growth_factor", "fit_tokens", "fit_flops")
 
 
 class UsageError(ValueError):
@@ -185,7 +180,7 @@ def build_table(results: List[dict], paper: Optional[str] = None,
         grown = any(r.get("growth") for r in results)
         rows.append(Row("tokens", "Train tokens (base + grown)" if grown else "Train tokens",
                         [train_tokens(r) for r in results] + [None] * len(columns), "{}"))
-        for convention in ("exact", "paper"):  # lit_gpt.flops.CONVENTIONS, whose import would load torch
+        for convention in CONVENTIONS:
             rows.append(Row(f"scratch_tokens_{convention}", f"Scratch-equivalent tokens ({convention})",
                             [scratch_tokens(r, convention) for r in results] + [None] * len(columns), "{}"))
         rows.append(Row("flops", "Train FLOPs", [t.get("flops") for t in training] + [None] * len(columns),
@@ -222,37 +217,27 @@ def load_result(path: str) -> dict:
 
 def check_result(data: dict, path: str) -> None:
     """Refuses a result file whose fields the table reads have the wrong type or a nonsense count: `name` and
-    `checkpoint` strings, each `results` entry an object, `training` and `growth` objects (or null) whose
-    counts (`TRAINING_NUMBERS`, `scratch_tokens` {exact, paper}, `RECORD_NUMBERS`) are finite numbers >= 0 or null.
+    `checkpoint` strings, each `results` entry an object, `training` and `growth` objects (or null) that pass
+    `lit_gpt.records.check_training_record` and `check_growth_record` (counts finite numbers >= 0 or null).
 
     Raises:
         UsageError: one line naming `path`, the field and the fix."""
     fix = "correct it, or evaluate the checkpoint again with eval/run.py"
-
-    def number(value, field: str) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):
-            raise UsageError(f"{path}: {field} is {value!r:.60}; it must be a finite number >= 0, or null when "
-                             f"unknown ({fix})")
-
-    def record(value, field: str, keys) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise UsageError(f"{path}: {field} is {value!r:.60}; it must be an object, or null ({fix})")
-        for key in keys:
-            number(value.get(key), f"{field}.{key}")
-        return value
-
     for field in ("name", "checkpoint"):
         if data.get(field) is not None and not isinstance(data[field], str):
             raise UsageError(f"{path}: {field} is {data[field]!r:.60}; it must be a string ({fix})")
     for task, entry in data["results"].items():
         if not isinstance(entry, dict):
             raise UsageError(f"{path}: results.{task} is {entry!r:.60}; it must be an object of metrics ({fix})")
-    training = record(data.get("training"), "training", TRAINING_NUMBERS)
-    record(training.get("scratch_tokens"), "training.scratch_tokens", ("exact", "paper"))
-    record(data.get("growth"), "growth", RECORD_NUMBERS)
+    for field in ("training", "growth"):
+        if data.get(field) is not None and not isinstance(data[field], dict):
+            raise UsageError(f"{path}: {field} is {data[field]!r:.60}; it must be an object, or null ({fix})")
+    try:
+        if data.get("training") is not None:
+            check_training_record(data["training"], path, "training")
+        check_growth_record(data.get("growth"), path, "growth")
+    except ValueError as e:
+        raise UsageError(f"{e}; {fix}") from None
 
 
 def main(argv=None) -> int:

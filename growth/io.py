@@ -14,8 +14,8 @@ from growth.writers import Transform, write_pth, write_safetensors
 from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, read_record, run_growth
 from lit_gpt.config import Config
 from lit_gpt.convert import expected_shapes
-from lit_gpt.flops import check_growth_record, check_training_record
 from lit_gpt.files import atomic_dir, check_writable_target, save_torch, sha256_file, writing
+from lit_gpt.records import check_growth_record, check_training_record
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict
 

@@ -33,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from lit_gpt.config import Config
 from lit_gpt.distributed import RankFailure, agree, first_line, on_rank_zero
 from lit_gpt.files import atomic_dir, save_torch
+from lit_gpt.records import check_growth_record, check_training_record
 from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.utils import CheckpointError
 
@@ -135,8 +136,6 @@ def _read_meta(path: Path):
         return "meta.json holds no step number"
     if not isinstance(meta.get("world_size", 1), int) or meta.get("world_size", 1) < 1:
         return "meta.json holds no valid world_size"
-    from lit_gpt.flops import check_training_record
-
     try:
         check_training_record(meta, "meta.json")
     except ValueError as e:
@@ -345,7 +344,7 @@ def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
 
 
 def read_record(path: Path, check: Callable[[Any, str], Dict[str, Any]]) -> Dict[str, Any]:
-    """A JSON record file checked by `check` (`lit_gpt.flops.check_growth_record` / `check_training_record`).
+    """A JSON record file checked by `check` (`lit_gpt.records.check_growth_record` / `check_training_record`).
 
     Raises:
         CheckpointError: invalid JSON or a bad field, one line naming `path`."""
@@ -366,8 +365,6 @@ def growth_beside(directory: Path) -> Dict[str, Any]:
 
     Raises:
         CheckpointError: a damaged growth.json or training.json (`read_record`)."""
-    from lit_gpt.flops import check_growth_record, check_training_record
-
     growth, training = directory / "growth.json", directory / "training.json"
     if training.is_file() and read_record(training, check_training_record).get("growth"):
         return {}
@@ -380,8 +377,6 @@ def run_growth(meta: Dict[str, Any], where: Path) -> Optional[Dict[str, Any]]:
 
     Raises:
         CheckpointError: a bad record, one line naming `where` or the growth.json."""
-    from lit_gpt.flops import check_growth_record
-
     if "growth" in meta:
         try:
             return check_growth_record(meta["growth"], f"{where}: growth") or None

@@ -14,12 +14,11 @@ The same run in both: 6L2048H trained on 10B tokens, grown to 24L2048H, 2048-tok
 costs 2.85B target tokens; paper: 2.5B.
 """
 
-import math
 from typing import Any, Dict, Mapping, Optional
 
 from lit_gpt.config import Config, param_count
+from lit_gpt.records import CONVENTIONS  # noqa: F401 - tools import it from here with CONVENTION_NOTE/HELP
 
-CONVENTIONS = ("exact", "paper")
 PAPER_FLOPS_PER_PARAM = 6  # C = 6 N D: forward and backward of every parameter, once per token
 CONVENTION_NOTE = {"exact": "exact FLOPs: each model's own per-token count, attention included",
                    "paper": "paper's convention: 6 N D, the base at d/g target tokens"}
@@ -57,54 +56,6 @@ def growth_factor(base: Config, target: Config) -> float:
     """The paper's g = N / n of a growth step (§5.1, §5.4): `block_matrix_params` target / base, so exactly
     L / l for depth growth (norm weights and embeddings would make 6L2048H -> 24L2048H 3.99998 or 3.1)."""
     return block_matrix_params(target) / block_matrix_params(base)
-
-
-# the numbers growth.json, training.json and meta.json carry: absent or null (unknown), else finite and >= 0
-RECORD_NUMBERS = ("base_step", "base_tokens", "base_flops", "base_stream_tokens", "base_total_tokens",
-                  "base_scratch_tokens_paper", "growth_factor", "fit_tokens", "fit_flops")
-TRAINING_NUMBERS = ("step", "tokens", "flops", "stream_tokens", "skipped_tokens", "total_tokens", "paper_flops")
-
-
-def _check_number(value: Any, where: str) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{where} is {value!r}; it must be a finite number >= 0 (or null when unknown)")
-
-
-def check_growth_record(record: Any, where: str) -> Dict[str, Any]:
-    """`record` (a growth.json, or the `growth` of a training.json/meta.json) if its accounting fields are
-    numbers >= 0 or null; {} for null.
-
-    Raises:
-        ValueError: one line naming `where` (a file, or a file and key) and the bad field."""
-    if record is None:
-        return {}
-    if not isinstance(record, dict):
-        raise ValueError(f"{where} is {type(record).__name__} {record!r:.60}, not a growth record (a JSON object)")
-    for key in RECORD_NUMBERS:
-        _check_number(record.get(key), f"{where}: {key}")
-    return record
-
-
-def check_training_record(training: Any, where: str) -> Dict[str, Any]:
-    """`training` (a training.json or meta.json) if its step/tokens/FLOPs fields are numbers >= 0 or null, its
-    `scratch_tokens` an object of such numbers and its `growth` a valid growth record or null.
-
-    Raises:
-        ValueError: one line naming `where` and the bad field."""
-    if not isinstance(training, dict):
-        raise ValueError(f"{where} holds {type(training).__name__} {training!r:.60}, not a JSON object")
-    for key in TRAINING_NUMBERS:
-        _check_number(training.get(key), f"{where}: {key}")
-    scratch = training.get("scratch_tokens")
-    if scratch is not None:
-        if not isinstance(scratch, dict):
-            raise ValueError(f"{where}: scratch_tokens is {scratch!r:.60}; it must be an object {{exact, paper}}")
-        for key in CONVENTIONS:
-            _check_number(scratch.get(key), f"{where}: scratch_tokens.{key}")
-    check_growth_record(training.get("growth"), f"{where}: growth")
-    return training
 
 
 def base_accounting(base: Config, base_training: Mapping[str, Any], target: Config) -> Dict[str, Any]:

@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lit_gpt.config import Config, param_count  # noqa: E402
-from lit_gpt.flops import flops_per_token  # noqa: E402
+from lit_gpt.flops import flops_per_token, growth_factor  # noqa: E402
 
 B = 10 ** 9
 SEQ = 2048
@@ -58,12 +58,14 @@ class Family:
 class Grow:
     base: str  # key of the base run
     op: str  # python -m growth grow/learn --op
-    g: float  # growth factor in non-embedding parameters, the paper's d/g accounting
     layers: Optional[str] = None
     noise: float = 0.0
     learn_steps: int = 100  # G_learn's operator fit: LiGO's ~100 steps; the paper does not say (reference §3.3)
     split: Optional[str] = None  # direct-width's --split
     init: Optional[str] = None  # --init of the operators that create random parameters
+    # the paper's growth factor (its d/g accounting), base run's model -> grown run's: `_grown` computes it from
+    # the two configs (lit_gpt.flops.growth_factor), so that no run's g can disagree with its models
+    g: Optional[float] = None
 
     def flags(self) -> List[str]:
         """The operator options of its `python -m growth grow/learn` command."""
@@ -173,6 +175,7 @@ def _grown(family: Family, name: str, grow: Grow, base: Run, tokens: Optional[in
            recipe: Optional[str] = None, convention: Optional[str] = "paper") -> Run:
     """A grown run; without `tokens`, D follows the paper's convention d/g + D = T (e.g. 10B/4 + 97.5B = 100B).
     `convention` names the lit_gpt/flops.py convention in which its budget equals the scratch run's (None: none)."""
+    grow = dataclasses.replace(grow, g=growth_factor(load_config(base.model), load_config(model or family.target)))
     if tokens is None:
         tokens = round(family.scratch_tokens - base.tokens / grow.g)
     how = f"`python -m growth {'learn' if grow.op.startswith('learn') else 'grow'} --op {grow.op}" + "".join(
@@ -195,27 +198,27 @@ def _runs() -> Dict[str, Run]:
     bw = _base(F11, "base-24L1024H", "24L1024H", 10 * B, 16,
                "Width base of the 1.1B target: the same 308M non-embedding parameters, head size 64 kept, g = 4.")
     add(b6), add(bw), add(_scratch(F11))
-    add(_grown(F11, "stack", Grow(b6.key, "stack", 4), b6, why="d/g + D = 2.5B + 97.5B = the cost of 100B scratch "
+    add(_grown(F11, "stack", Grow(b6.key, "stack"), b6, why="d/g + D = 2.5B + 97.5B = the cost of 100B scratch "
                "tokens in the paper's accounting (§3.1, §5.4)."))
-    add(_grown(F11, "zero-depth", Grow(b6.key, "zero-depth", 4, layers="interleave"), b6,
+    add(_grown(F11, "zero-depth", Grow(b6.key, "zero-depth", layers="interleave"), b6,
                why="Interleaved order (112233...) as the official G_zero_depthwise.py does (reference §3.4)."))
-    add(_grown(F11, "random-depth", Grow(b6.key, "random-depth", 4, init="official"), b6,
+    add(_grown(F11, "random-depth", Grow(b6.key, "random-depth", init="official"), b6,
                extra=(("mask_ramp_steps", 5000),),
                why="New layers on top, their residual branches ramped 0 -> 1 over 5000 steps (the official code's "
                    f"grow_step; the paper does not give it). {OFFICIAL_INIT}"))
-    add(_grown(F11, "learn-depth", Grow(b6.key, "learn-depth", 4), b6,
+    add(_grown(F11, "learn-depth", Grow(b6.key, "learn-depth"), b6,
                why="The operator is fitted for 100 steps first (LiGO's count; the paper gives none)."))
-    add(_grown(F11, "direct-width", Grow(bw.key, "direct-width", 4, split="lemon"), bw,
+    add(_grown(F11, "direct-width", Grow(bw.key, "direct-width", split="lemon"), bw,
                why=f"Neuron splitting. {LEMON_SPLIT}"))
-    add(_grown(F11, "zero-width", Grow(bw.key, "zero-width", 4, init="official"), bw,
+    add(_grown(F11, "zero-width", Grow(bw.key, "zero-width", init="official"), bw,
                why=f"New fan-out rows zero (function-preserving). {OFFICIAL_INIT}"))
-    add(_grown(F11, "random-width", Grow(bw.key, "random-width", 4, init="official"), bw,
+    add(_grown(F11, "random-width", Grow(bw.key, "random-width", init="official"), bw,
                extra=(("mask_ramp_steps", 5000),),
                why=f"MSG masks ramped in three phases of 5000 steps (the official default). {OFFICIAL_INIT}"))
-    add(_grown(F11, "learn-width", Grow(bw.key, "learn-width", 4), bw,
+    add(_grown(F11, "learn-width", Grow(bw.key, "learn-width"), bw,
                why="The operator is fitted for 100 steps first (LiGO's count; the paper gives none)."))
     for spec in PARTIAL[1:]:
-        add(_grown(F11, "partial-" + spec.replace("*", "x"), Grow(b6.key, "stack", 4, layers=spec), b6,
+        add(_grown(F11, "partial-" + spec.replace("*", "x"), Grow(b6.key, "stack", layers=spec), b6,
                    why=f"Partial stacking {spec} (App. H.3, Tab. 5); 123456*4 is G_stack itself (1.1b-stack)."))
     for d in TIMING_D:
         if d == 10 * B:
@@ -227,39 +230,39 @@ def _runs() -> Dict[str, Run]:
         else:
             base = _base(F11, f"base-6L2048H-{label}", "6L2048H", d, 32, "Growth-timing sweep (§4.2 Fig. 8, §7).")
         add(base)
-        add(_grown(F11, f"stack-{label}", Grow(base.key, "stack", 4), base,
-                   tokens=F11.scratch_tokens - (0 if d == 0 else d // 4),
+        add(_grown(F11, f"stack-{label}", Grow(base.key, "stack"), base,
                    why=f"Growth timing d = {format_tokens(d) if d else 0}: d/4 + D = 100B (IsoFLOP with the scratch "
                        "baseline)."))
-    for layers, g in FACTOR_11:
+    for layers in FACTOR_11:
+        g = growth_factor(load_config(f"{layers}L2048H"), load_config(F11.target))
         base = _base(F11, f"base-{layers}L2048H", f"{layers}L2048H", 10 * B, 16 if layers > 6 else 32,
-                     f"Growth-factor sweep, g = {g} (§4.2, App. G.2 Figs. 29-30).")
+                     f"Growth-factor sweep, g = {g:g} (§4.2, App. G.2 Figs. 29-30).")
         add(base)
-        add(_grown(F11, f"stack-g{g}", Grow(base.key, "stack", g), base,
-                   why=f"Growth factor g = {g}: d/g + D = 100B."))
+        add(_grown(F11, f"stack-g{g:g}", Grow(base.key, "stack"), base,
+                   why=f"Growth factor g = {g:g}: d/g + D = 100B."))
     # 8 -> 24 layers (g = 3 in non-embedding parameters): interpolation and noise, over 40B tokens
     b8 = _base(F8, "base-8L", "tiny_LLaMA_400M_like1.1B", 10 * B, 32,
                "Base of the 8 -> 24 layer ablations (App. H.2 Fig. 35, App. I.2).")
     add(b8)
     for name, grow, why in (
-            ("stack-8L", Grow(b8.key, "stack", 3), "Cyclic G_stack, R_c = 21/23; the no-noise control."),
-            ("interleave-8L", Grow(b8.key, "stack", 3, layers="interleave"),
+            ("stack-8L", Grow(b8.key, "stack"), "Cyclic G_stack, R_c = 21/23; the no-noise control."),
+            ("interleave-8L", Grow(b8.key, "stack", layers="interleave"),
              "Interpolation (112233...), R_c = 7/23 (App. H.2 Fig. 35)."),
-            ("stack-8L-noise0.2", Grow(b8.key, "stack", 3, noise=0.2), "Noise alpha = 0.2 (§5.2, App. I.2)."),
-            ("stack-8L-noise0.5", Grow(b8.key, "stack", 3, noise=0.5), "Noise alpha = 0.5, above the 20% the paper "
+            ("stack-8L-noise0.2", Grow(b8.key, "stack", noise=0.2), "Noise alpha = 0.2 (§5.2, App. I.2)."),
+            ("stack-8L-noise0.5", Grow(b8.key, "stack", noise=0.5), "Noise alpha = 0.5, above the 20% the paper "
                                                                        "finds harmful.")):
         add(_grown(F8, name, grow, b8, tokens=40 * B, why=why + " All 8 -> 24 runs train D = 40B.", convention=None))
     for name, noise in (("direct-width-40B", 0.0), ("direct-width-40B-noise0.2", 0.2)):
-        add(_grown(F11, name, Grow(bw.key, "direct-width", 4, noise=noise, split="lemon"), bw, tokens=40 * B,
+        add(_grown(F11, name, Grow(bw.key, "direct-width", noise=noise, split="lemon"), bw, tokens=40 * B,
                    why=f"Noise ablation of G→direct, alpha = {noise}, compared after 40B tokens (§5.2). "
                        f"{LEMON_SPLIT}", convention=None))
     # gradual stacking: 6L -> 12L -> 24L, each stage trained on 10B (the text; Fig. 33's legend says 50B)
     g6 = _base(F11, "gradual/6L", "6L2048H", 10 * B, 32, "Gradual stacking, stage 1.")
-    g12 = _grown(F11, "gradual/12L", Grow(g6.key, "stack", 2, layers="top"), g6, tokens=10 * B, model="12L2048H",
+    g12 = _grown(F11, "gradual/12L", Grow(g6.key, "stack", layers="top"), g6, tokens=10 * B, model="12L2048H",
                  convention=None,
                  why="Gradual stacking, stage 2 (doubling: the top block is the whole stack).", recipe="gradual_stack")
     g12 = dataclasses.replace(g12, lr=base_lr(F11), micro=16)
-    g24 = _grown(F11, "gradual/24L", Grow(g12.key, "stack", 2, layers="top"), g12, tokens=92_500_000_000,
+    g24 = _grown(F11, "gradual/24L", Grow(g12.key, "stack", layers="top"), g12, tokens=92_500_000_000,
                  why="Gradual stacking, stage 3: 10B/4 + 10B/2 + 92.5B = 100B scratch-equivalent tokens.",
                  recipe="gradual_stack")
     add(dataclasses.replace(g6, recipe="gradual_stack")), add(g12), add(g24)
@@ -275,13 +278,14 @@ def _runs() -> Dict[str, Run]:
         if family is F410:
             why += (" 750B tokens pass SlimPajama's ~600B and the 300k-step horizon: the stream wraps and the LR "
                     "ends at min_lr.")
-        add(_grown(family, "stack", Grow(base.key, "stack", 4), base, why=why,
+        add(_grown(family, "stack", Grow(base.key, "stack"), base, why=why,
                    snapshot=130 * B if family is F7 else None))
-    for layers, g in FACTOR_3B:
-        base = _base(F3, f"base-{layers}L", FACTOR_3B_MODELS[layers], 10 * B, 32,
-                     f"Growth-factor sweep at 3B, g = {g} (App. G.2 Figs. 31-32).")
+    for layers, model in FACTOR_3B.items():
+        g = growth_factor(load_config(model), load_config(F3.target))
+        base = _base(F3, f"base-{layers}L", model, 10 * B, 32,
+                     f"Growth-factor sweep at 3B, g = {g:g} (App. G.2 Figs. 31-32).")
         add(base)
-        add(_grown(F3, f"stack-g{g}", Grow(base.key, "stack", g), base, why=f"Growth factor g = {g}: d/g + D = 300B "
+        add(_grown(F3, f"stack-g{g:g}", Grow(base.key, "stack"), base, why=f"Growth factor g = {g:g}: d/g + D = 300B "
                    "(the budget of the 3B scaling run; the paper does not state the sweep's)."))
 
     # ---- one GPU, hours: the cheapest real check of the claim
@@ -292,7 +296,7 @@ def _runs() -> Dict[str, Run]:
     cfg = load_config(FSMALL.target)
     embedding_share = 2 * cfg.padded_vocab_size * cfg.n_embd / param_count(cfg)
     ratio = fpt(sb.model) / fpt(FSMALL.target) * 4
-    add(_grown(FSMALL, "stack", Grow(sb.key, "stack", 4), sb, tokens=exact,
+    add(_grown(FSMALL, "stack", Grow(sb.key, "stack"), sb, tokens=exact,
                why=f"D = 5B - {format_tokens(5 * B - exact)} (rounded to whole steps): the base's exact FLOPs, so "
                    f"G_stack and scratch cost the same. Embeddings are {embedding_share:.0%} of this model, so the "
                    f"base costs {ratio:.2f}x the paper's d/g estimate.", convention="exact"))
@@ -300,16 +304,16 @@ def _runs() -> Dict[str, Run]:
     # ---- the whole pipeline in minutes on CPU (no paper number): base 10 steps, G_stack g = 2, scratch 40 steps
     smoke = _base(FSMOKE, "base-2L128H", "2L128H", 20_480, 8, "The smoke test's base: 10 steps on the sample data.")
     add(smoke), add(_scratch(FSMOKE))
-    add(_grown(FSMOKE, "stack", Grow(smoke.key, "stack", 2), smoke, why="d/g + D = 10,240 + 71,680 = 81,920 tokens."))
+    add(_grown(FSMOKE, "stack", Grow(smoke.key, "stack"), smoke, why="d/g + D = 10,240 + 71,680 = 81,920 tokens."))
     return {r.key: r for r in runs}
 
 
 PARTIAL = ["123456*4", "12-3456*5-56", "12-345*7-6", "123-456*7", "1234-56*10", "12-34*10-56", "1-234*7-56",
            "123*7-456"]
 TIMING_D = [0, 1 * B, 5 * B, 10 * B, 20 * B, 50 * B]  # §4.2 Fig. 8, App. G.1
-FACTOR_11 = [(12, 2), (3, 8), (1, 24)]  # (base layers, g); g = 4 is 1.1b-stack
-FACTOR_3B = [(4, 8), (2, 16), (1, 32)]  # g = 4 is 3b-stack
-FACTOR_3B_MODELS = {4: "tiny_LLaMA_375M_like3B", 2: "tiny_LLaMA_190M_like3B", 1: "tiny_LLaMA_80M_like3B"}
+FACTOR_11 = [12, 3, 1]  # base layers of 24L2048H's g = 2, 8, 24; g = 4 is 1.1b-stack
+# base layers: model of tiny_LLaMA_3B's g = 8, 16, 32; g = 4 is 3b-stack
+FACTOR_3B = {4: "tiny_LLaMA_375M_like3B", 2: "tiny_LLaMA_190M_like3B", 1: "tiny_LLaMA_80M_like3B"}
 
 
 def small_exact_tokens(base: Run) -> int:

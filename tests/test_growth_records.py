@@ -9,7 +9,8 @@ from test_growth_depth import assert_refused, grow_cli, save_base
 from conftest import small_config
 from lit_gpt.checkpoint import growth_beside, run_growth
 from lit_gpt.config import Config
-from lit_gpt.flops import base_accounting, check_training_record, run_accounting
+from lit_gpt.flops import base_accounting, run_accounting
+from lit_gpt.records import check_training_record
 from lit_gpt.utils import CheckpointError
 
 

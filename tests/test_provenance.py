@@ -19,7 +19,7 @@ from pretrain.train_args import TrainArgs
 from test_pretrain import metrics
 
 sys.path.insert(0, str(ROOT / "eval"))
-from lm import checkpoint_info  # noqa: E402
+from checkpoint_info import checkpoint_info  # noqa: E402
 
 BASE = dict(name="prov-1L", block_size=64, vocab_size=4096, padding_multiple=64, n_layer=1, n_head=2,
             n_query_groups=2, n_embd=32, intermediate_size=64)
