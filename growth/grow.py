@@ -13,6 +13,7 @@ from growth.width import WIDTH_OPERATORS, random_width_masks
 from lit_gpt.checkpoint import consolidate_optimizer
 from lit_gpt.cli import ArgumentParser
 from lit_gpt.config import Config
+from lit_gpt.convert import model_family
 from lit_gpt.files import check_writable_target
 from lit_gpt.flops import base_accounting
 
@@ -73,7 +74,7 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
     record = {
         "operator": op, "options": {"layers": layers, "noise": noise, "seed": seed, **options},
         "source": {"path": str(source.path.resolve()), "sha256": source.sha256, "config": source.config.name},
-        "target": tgt.name, "index_map": index_map, "connection_rate": rate, "masked_layers": masked_layers,
+        "target": tgt.name, "family": model_family(tgt), "index_map": index_map, "connection_rate": rate, "masked_layers": masked_layers,
         "width_masks": WIDTH_MASKS if WIDTH_MASKS in extra else None,
         "base_step": source.training.get("step"), "base_tokens": source.training.get("tokens"),
         "base_flops": source.training.get("flops"),

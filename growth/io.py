@@ -122,9 +122,12 @@ def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, recor
         total = sum(t.numel() * t.element_size() for t in state.values())
         # disable=None: no bar when stderr is a log file, where it would run into the error line
         with tqdm(total=total, unit="B", unit_scale=True, desc="writing", leave=False, disable=None) as bar:
-            writer, name = (write_safetensors, "lit_model.safetensors") if safetensors else (write_pth, "lit_model.pth")
-            with writing(tmp / name):  # torch's zip writer reports a full disk as a RuntimeError
-                writer(tmp / name, state, transform, bar.update)
+            with writing(tmp / "lit_model.safetensors" if safetensors else tmp / "lit_model.pth"):
+                if safetensors:  # safetensors has no shared tensors: a tied head is stored as a copy
+                    write_safetensors(tmp / "lit_model.safetensors", state, transform, bar.update)
+                else:  # torch's zip writer reports a full disk as a RuntimeError
+                    write_pth(tmp / "lit_model.pth", state, transform, bar.update,
+                              {"lm_head.weight": "transformer.wte.weight"} if config.tie_embeddings else None)
         config.to_json(tmp / "lit_config.json")
         (tmp / "growth.json").write_text(json.dumps(record, indent=2) + "\n")
         for name, obj in (extra or {}).items():

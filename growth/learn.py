@@ -52,6 +52,7 @@ from lit_gpt.cli import ArgumentParser
 from growth.operators import State, check_map, check_no_shrink, check_same_width, split_layers
 from growth.width import check_source_state, tensor_spec, check_width_growth
 from lit_gpt.config import Config
+from lit_gpt.convert import model_family
 from lit_gpt.files import check_writable_target
 from lit_gpt.fused_cross_entropy import FusedCrossEntropyLoss
 from lit_gpt.model import GPT, fuse_qkv, rope_cache, split_qkv
@@ -78,6 +79,13 @@ class _Hypernet(nn.Module):
 
     def _kept(self, key: str) -> torch.Tensor:
         return getattr(self, key.replace(".", "__"))
+
+    def _tie(self, out: State) -> State:
+        """A tied target's head is its embedding, one tensor (LiGO's W'_head = W_head B_embᵀ is E B_embᵀ = E'
+        when W_head = E), as `functional_call` and the writers expect."""
+        if self.tgt.tie_embeddings:
+            out["lm_head.weight"] = out["transformer.wte.weight"]
+        return out
 
     @torch.no_grad()
     def export(self) -> State:
@@ -130,7 +138,7 @@ class LearnDepth(_Hypernet):
             for j in range(self.tgt.n_layer):
                 parts = [m[j] for m in mixed]
                 out[f"transformer.h.{j}.{suffix}"] = fuse_qkv(*parts, self.tgt) if len(parts) == 3 else parts[0]
-        return out
+        return self._tie(out)
 
 
 def _ligo_init(n_tgt: int, n_src: int, generator: torch.Generator) -> torch.Tensor:
@@ -183,7 +191,7 @@ class LearnWidth(_Hypernet):
             for dim, axis in enumerate(axes):
                 w = w if axis is None else _mix(ops[axis], w, dim)
             out[key] = w
-        return out
+        return self._tie(out)
 
 
 def learn_depth(src: Config, state: State, tgt: Config, index_map: Sequence[int]) -> State:
@@ -347,7 +355,7 @@ def learn(src: Path, target: str, op: str, data: Path, out: Path, steps: int = 1
                                     "steps": steps, "lr": lr, "micro_batch_size": micro_batch_size,
                                     "block_size": block, "data": str(Path(data).resolve())},
         "source": {"path": str(source.path.resolve()), "sha256": source.sha256, "config": source.config.name},
-        "target": tgt.name, "index_map": index_map,
+        "target": tgt.name, "family": model_family(tgt), "index_map": index_map,
         "connection_rate": connection_rate(index_map) if index_map else None, "masked_layers": [],
         "base_step": source.training.get("step"), "base_tokens": source.training.get("tokens"),
         # the operator's fit is compute spent before the continued run, so it counts as the base's

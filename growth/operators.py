@@ -85,7 +85,7 @@ def stack(src: Config, state: State, tgt: Config, index_map: Sequence[int], copy
 
 def zero_depth(src: Config, state: State, tgt: Config, index_map: Sequence[int], copy: bool = True) -> State:
     """G↑zero (LEMON's depth rule), paper App. A.1.3 and A.4 "Depth": stack, then zero the output projections
-    (attention `proj`, SwiGLU `w3`) of every repeated copy of a source layer.
+    (attention `proj`, SwiGLU `w3`, weights and biases) of every repeated copy of a source layer.
 
     The first occurrence of each source layer keeps its weights; each later copy becomes x + 0 + 0, an exact
     identity through the residual stream, so the grown model computes the source model's function exactly
@@ -102,7 +102,9 @@ def zero_depth(src: Config, state: State, tgt: Config, index_map: Sequence[int],
                          "in source order and cover all of them; use a cyclic or interleave map")
     for j, s in enumerate(index_map):
         if first[s] != j:
-            for key in (f"transformer.h.{j}.attn.proj.weight", f"transformer.h.{j}.mlp.swiglu.w3.weight"):
+            # the biases too (Llama's attention_bias, mlp_bias): a copy must add exactly 0 to the stream
+            for key in (f"transformer.h.{j}.{m}.{p}" for m in ("attn.proj", "mlp.swiglu.w3") for p in ("weight", "bias")
+                        if f"transformer.h.{j}.{m}.{p}" in out):
                 zero = torch.zeros((), dtype=out[key].dtype).expand(out[key].shape)
                 out[key] = zero.clone() if copy else zero
     return out

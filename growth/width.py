@@ -63,9 +63,6 @@ def check_width_growth(src: Config, tgt: Config) -> None:
     them new query heads) are built from whole source groups; n_head' = q_per_kv n_query_groups' follows.
     norm_eps, block_size and the norm class may differ (they hold no weights).
     """
-    if src.tie_embeddings or tgt.tie_embeddings:
-        raise ValueError("width growth does not handle tied input and output embeddings yet (a duplicated unit "
-                         "needs W/k in the LM head but the full column in the embedding); grow the depth instead")
     if src.head_size != tgt.head_size:
         raise ValueError(f"width growth keeps head_size (n_embd / n_head): the source has {src.n_embd}/{src.n_head}"
                          f" = {src.head_size}, the target {tgt.n_embd}/{tgt.n_head} = {tgt.head_size}")
@@ -163,6 +160,8 @@ def _grow(src: Config, state: State, tgt: Config, units: Units, generator: torch
     out = {}
     for key, tensor in state.items():
         name, axes, fan_out = tensor_spec(key)
+        if key == "lm_head.weight" and tgt.tie_embeddings:
+            continue  # `_tie` makes it the grown embedding
         w, dev = tensor.detach().float().cpu(), tensor.device
         idx = [pos[a] for a in axes]
         copied = w[idx[0].clamp(min=0)]
@@ -188,7 +187,29 @@ def _grow(src: Config, state: State, tgt: Config, units: Units, generator: torch
                 block = new_out[:, None] & old_in[None, :] if fan_out == 0 else old_in[:, None] & new_out[None, :]
                 res = res.masked_fill(block, 0.0)
         out[key] = res.to(device=dev, dtype=tensor.dtype)
+    if tgt.tie_embeddings:
+        _tie(out, units["hidden"][0], n_old["hidden"], generator, mode=mode, split=split, lemon_std=lemon_std,
+             stream_scale=stream_scale)
     return out
+
+
+def _tie(out: State, hidden: torch.Tensor, n_old: int, generator: torch.Generator, *, mode: str, split: str,
+         lemon_std: float, stream_scale: float) -> None:
+    """Ties the grown LM head to the grown embedding, moving the head's own column factors into ln_f.
+
+    An untied head would be lm_head'[:, j'] = r_j' E'[:, j'] (E' = the grown embedding): r = the fan-in
+    coefficient of hidden dim j' under "copy" (`_split`), 1 / stream_scale on the old dims under "zero"/"random".
+    The head reads ln_f's output, so logits = sum_j' E'[v, j'] (r_j' mu'_j') n_j': taking mu' r as the final norm's
+    weight gives the same logits with one tensor for both. New dims of "zero"/"random" keep r = 1; the stream
+    is 0 there at growth (masked for random), so the head's columns on them do not matter.
+    """
+    if mode == "copy":
+        ratio = _split(hidden, n_old, split, lemon_std, generator)
+    else:
+        ratio = torch.where(hidden >= 0, 1.0 / stream_scale, 1.0)
+    norm = out["transformer.ln_f.weight"]
+    out["transformer.ln_f.weight"] = (norm.float() * ratio.to(norm.device)).to(norm.dtype)
+    out["lm_head.weight"] = out["transformer.wte.weight"]
 
 
 def _new(n: int) -> torch.Tensor:
@@ -342,7 +363,8 @@ def hyperclone(src: Config, state: State, tgt: Config, generator: Optional[torch
     generator = torch.Generator() if generator is None else generator
     for key, tensor in out.items():
         _, axes, fan_out = tensor_spec(key)
-        if len(axes) == 2 and fan_out == 0:  # the Linears: their fan-in (dim 1) is k blocks [copy 0 | ... | k - 1]
+        # the Linears: their fan-in (dim 1) is k blocks [copy 0 | ... | k - 1]; a tied head is the embedding
+        if len(axes) == 2 and fan_out == 0 and not (key == "lm_head.weight" and tgt.tie_embeddings):
             w = tensor.float()
             rows, cols = w.shape
             n = torch.randn((rows, k, cols // k), generator=generator).to(w.device)

@@ -47,23 +47,31 @@ def _produce(state: State, transform: Optional[Transform]) -> Iterator[Tuple[str
 
 
 def write_pth(path: Path, state: State, transform: Optional[Transform] = None,
-              progress: Optional[Callable[[int], None]] = None) -> None:
-    """A file `torch.load` reads like one `torch.save(state)` wrote, with distinct storages and valid CRCs.
+              progress: Optional[Callable[[int], None]] = None, aliases: Optional[Dict[str, str]] = None) -> None:
+    """A file `torch.load` reads like one `torch.save(state)` wrote, with valid CRCs: a storage per key, except
+    each key of `aliases` (key -> an earlier key), which shares that key's storage: tied embeddings are written
+    once and load as one tensor. (Keys are not merged by identity: stacked layers are views of one source tensor.)
 
     torch lays out the zip from an unfilled skeleton (`torch.serialization.skip_data`), we write each tensor
     into its record's offset and then patch the CRC-32 fields, which the skeleton leaves at 0.
     """
-    skeleton = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in state.items()}  # pages never touched
+    aliases = {k: v for k, v in (aliases or {}).items() if k in state}
+    # an alias after the key it shares, so that storages are numbered in the order `distinct` writes them
+    state = {**{k: v for k, v in state.items() if k not in aliases}, **{k: state[k] for k in aliases}}
+    skeleton = {}
+    for k, v in state.items():  # pages never touched
+        skeleton[k] = skeleton[aliases[k]] if k in aliases else torch.empty(v.shape, dtype=v.dtype)
     with torch.serialization.skip_data():
         torch.save(skeleton, path)
     del skeleton
+    distinct = {k: v for k, v in state.items() if k not in aliases}
     reader = torch._C.PyTorchFileReader(str(path))
-    records = [f"data/{i}" for i in range(len(state))]  # the pickler numbers storages in dict order
+    records = [f"data/{i}" for i in range(len(distinct))]  # the pickler numbers storages in dict order
     offsets = [reader.get_record_offset(name) for name in records]
     del reader
     crcs = {}
     with open(path, "r+b") as f:
-        for (key, tensor), name, offset in zip(_produce(state, transform), records, offsets):
+        for (key, tensor), name, offset in zip(_produce(distinct, transform), records, offsets):
             f.seek(offset)
             crc = 0
             for chunk in tensor_bytes(tensor):

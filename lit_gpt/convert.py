@@ -214,6 +214,19 @@ def _positive_number(value: Any, where: str, source: str) -> Number:
     return int(value) if float(value).is_integer() else float(value)
 
 
+def model_family(config: Config) -> Dict[str, Any]:
+    """What a growth record says of the model's family: the HF class it converts to (`lit_config_to_hf`; None when
+    neither Llama nor Qwen2 can express it), tied embeddings, where the biases are (none, qkv = Qwen2's, attention
+    = Llama's attention_bias, all), the RoPE variant (default, linear, llama3) and head_dim."""
+    qwen2 = config.qkv_bias and not config.proj_bias
+    expressible = (config.rotary_percentage == 1.0 and not config.parallel_residual
+                   and not config.shared_attention_norm and not (config.proj_bias and not config.qkv_bias))
+    biases = "all" if config.bias else "attention" if config.proj_bias else "qkv" if config.qkv_bias else "none"
+    rope = "llama3" if config.rope_llama3 is not None else "linear" if config.condense_ratio != 1 else "default"
+    return {"hf_architecture": ("Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM") if expressible else None,
+            "tie_embeddings": config.tie_embeddings, "biases": biases, "rope": rope, "head_dim": config.head_size}
+
+
 def lit_config_to_hf(config: Config, dtype: torch.dtype, bos_id: Optional[int] = 1,
                      eos_id: Optional[int] = 2) -> dict:
     """The HF config.json of `config`: `LlamaForCausalLM` (model_type llama; `attention_bias` for qkv_bias +

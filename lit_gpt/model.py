@@ -120,7 +120,9 @@ def _plain_name(name: str) -> str:
 def growth_mask_factors(model: nn.Module) -> Dict[str, torch.Tensor]:
     """State-dict key -> the factor that bakes the current random-* growth masks into that tensor, so saved
     weights compute what the masked model computes: a masked layer's branch outputs (`proj`, `w3`) scale by its
-    mask; a width-masked module's output rows (embedding columns) by keep + (1 - keep) ramp."""
+    mask; a width-masked module's output rows (embedding columns) by keep + (1 - keep) ramp. With tied embeddings
+    the head reads the scaled embedding as well, so the final norm's weight is divided by the same factor (dims at
+    factor 0 are 0 in the stream and keep their weight)."""
     factors: Dict[str, torch.Tensor] = {}
 
     def scale(key: str, factor: torch.Tensor) -> None:
@@ -141,6 +143,11 @@ def growth_mask_factors(model: nn.Module) -> Dict[str, torch.Tensor]:
             scale(f"{name}.weight", factor[None, :] if isinstance(module, nn.Embedding) else factor[:, None])
             if getattr(module, "bias", None) is not None:
                 scale(f"{name}.bias", factor)
+            if isinstance(module, nn.Embedding) and any(
+                    getattr(head, "weight", None) is module.weight for head_name, head in model.named_modules()
+                    if _plain_name(head_name).endswith("lm_head")):
+                # the tied head is the scaled embedding too; a dim still shut (factor 0) is 0 in the stream
+                factors["transformer.ln_f.weight"] = torch.where(factor > 0, 1 / factor.clamp(min=1e-30), 1.0)
     return factors
 
 

@@ -19,9 +19,19 @@ from test_pretrain import MODEL, args_for, data_dir  # noqa: F401 - data_dir is 
 KINDS = ("mha", "gqa", "mqa")
 
 
-def base_model(kind, n_layer, seed=0):
+BIASES = {"none": {}, "all": dict(bias=True), "attention": dict(qkv_bias=True, proj_bias=True),
+          "qkv": dict(qkv_bias=True)}  # plain, mlp_bias + attention_bias, Llama's attention_bias, Qwen2's
+
+
+def base_model(kind, n_layer, seed=0, biases="none"):
+    """A GPT at the init, its biases (which the init leaves at 0) drawn at random so that their growth shows."""
     torch.manual_seed(seed)
-    return GPT(small_config(kind, n_layer=n_layer))
+    model = GPT(small_config(kind, n_layer=n_layer, **BIASES[biases]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0.0, 0.1)
+    return model
 
 
 @settings(max_examples=25, deadline=None)
@@ -43,11 +53,12 @@ def test_stack_places_source_layer_map_j_at_j(kind, base, data):
 
 
 @settings(max_examples=20, deadline=None)
-@given(kind=st.sampled_from(KINDS), base=st.integers(1, 3), g=st.integers(1, 4), order=st.sampled_from(["cyc", "int"]))
-def test_zero_depth_preserves_the_function(kind, base, g, order):
-    src = base_model(kind, base)
+@given(kind=st.sampled_from(KINDS), base=st.integers(1, 3), g=st.integers(1, 4), order=st.sampled_from(["cyc", "int"]),
+       biases=st.sampled_from(sorted(BIASES)))
+def test_zero_depth_preserves_the_function(kind, base, g, order, biases):
+    src = base_model(kind, base, biases=biases)
     index_map = [j % base for j in range(base * g)] if order == "cyc" else [j // g for j in range(base * g)]
-    tgt_config = small_config(kind, n_layer=base * g)
+    tgt_config = small_config(kind, n_layer=base * g, **BIASES[biases])
     grown = GPT(tgt_config)
     grown.load_state_dict(zero_depth(src.config, src.state_dict(), tgt_config, index_map))
     idx = torch.randint(0, 96, (2, 32))

@@ -200,10 +200,12 @@ def trained_base(data_dir):  # noqa: F811
 def hypernet(op, kind="gqa", base=None):
     src, state = base or (small_config(kind), None)
     state = state if state is not None else source_state(src)
+    family = dict(tie_embeddings=src.tie_embeddings, qkv_bias=src.qkv_bias)
     if op == "learn-depth":
-        tgt = small_config(kind, n_layer=4)
+        tgt = small_config(kind, n_layer=4, **family)
         return LearnDepth(src, state, tgt, [0, 1, 0, 1]), tgt
-    tgt = small_config(kind, n_embd=128, n_head=8, n_query_groups=2 * src.n_query_groups, intermediate_size=320)
+    tgt = small_config(kind, n_embd=128, n_head=8, n_query_groups=2 * src.n_query_groups, intermediate_size=320,
+                       **family)
     return LearnWidth(src, state, tgt, torch.Generator().manual_seed(0)), tgt
 
 
@@ -314,3 +316,19 @@ def test_learn_bad_input_writes_nothing(tmp_path, capsys, data_dir):  # noqa: F8
     small_config("gqa", n_layer=4).to_json(target)
     assert_refused(*learn_cli(capsys, *depth), "--force")
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep"]
+
+
+@pytest.mark.parametrize("op", sorted(OPERATOR_MATRICES))
+def test_a_tied_target_gets_one_tensor_for_embedding_and_head(op):
+    """SmolLM2-style tied embeddings: the materialised head is the embedding itself, so the tied model takes it in
+    `functional_call` and the gradient reaches the operator through both uses."""
+    src = small_config("gqa", tie_embeddings=True, qkv_bias=True)
+    hyper, tgt = hypernet(op, base=(src, None))
+    assert tgt.tie_embeddings
+    state = hyper.materialize()
+    assert state["lm_head.weight"] is state["transformer.wte.weight"]
+    model = GPT(tgt).requires_grad_(False)
+    idx = torch.randint(0, 96, (2, 17))
+    logits = torch.func.functional_call(model, state, (idx[:, :-1],))
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()).backward()
+    assert all(p.grad is not None for p in hyper.parameters())

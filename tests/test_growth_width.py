@@ -45,7 +45,7 @@ def logits(cfg, state, idx):
 
 @st.composite
 def growth(draw, factor=False):
-    """(source, target) over MHA (q_per_kv 1), MQA (1 group) and GQA, with or without biases."""
+    """(source, target) over MHA (q_per_kv 1), MQA (1 group) and GQA, with or without biases (all or q/k/v)."""
     hs, q, g, ffn = draw(st.sampled_from([4, 8])), draw(st.sampled_from([1, 2, 4])), draw(st.integers(1, 2)), \
         draw(st.integers(4, 24))
     if factor:
@@ -53,8 +53,9 @@ def growth(draw, factor=False):
         tg, tffn = g * k, ffn * k
     else:
         tg, tffn = g + draw(st.integers(0, 3)), ffn + draw(st.integers(0, 16))
-    bias = draw(st.booleans())
-    return config(g, q, hs, ffn, bias), config(tg, q, hs, tffn, bias)
+    bias = draw(st.sampled_from(["none", "all", "qkv"]))  # Qwen2's: on q/k/v only
+    extra = dict(bias=bias == "all", qkv_bias=bias == "qkv")
+    return config(g, q, hs, ffn, **extra), config(tg, q, hs, tffn, **extra)
 
 
 def heads(w, cfg):
@@ -76,7 +77,7 @@ def test_zero_width_preserves_the_function(pair, exact_eps, seed):
     d, D = src.n_embd, tgt.n_embd
     if not exact_eps:  # the paper's form is exact only with the norm eps scaled by d/D (docstring of zero_width)
         tgt = config(tgt.n_query_groups, tgt.q_per_kv, tgt.head_size, tgt.intermediate_size, tgt.bias,
-                     norm_eps=src.norm_eps * d / D)
+                     qkv_bias=tgt.qkv_bias, norm_eps=src.norm_eps * d / D)
     model = source_model(src, seed)
     state = zero_width(src, model.state_dict(), tgt, torch.Generator().manual_seed(seed), exact_eps=exact_eps)
     with torch.no_grad():
