@@ -439,32 +439,38 @@ def consolidate_optimizer(path: Path) -> Dict[str, Any]:
     """A training checkpoint's AdamW moments as plain tensors keyed by parameter name, read in one process:
     {"step": float, "exp_avg": {name: tensor}, "exp_avg_sq": {name: tensor}}.
 
+    A run that froze parameters (--trainable) saved no state for them: their moments are zeros, as a parameter
+    that has not moved yet.
+
     Raises:
-        CheckpointError: `path` is damaged, or holds no AdamW state for some parameter (e.g. saved before the
-            first optimizer step).
+        CheckpointError: `path` is damaged, or holds no AdamW state for some parameter its run trained (e.g.
+            saved before the first optimizer step).
     """
     weights = consolidate(path)
-    template = {name: {"step": torch.tensor(0.0), "exp_avg": torch.empty_like(t, dtype=torch.float32),
-                       "exp_avg_sq": torch.empty_like(t, dtype=torch.float32)} for name, t in weights.items()}
+    template = {name: {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(t, dtype=torch.float32),
+                       "exp_avg_sq": torch.zeros_like(t, dtype=torch.float32)} for name, t in weights.items()}
     saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
     absent = [f"optimizer.state.{name}.{key}" for name, moments in template.items() for key in moments
               if f"optimizer.state.{name}.{key}" not in saved]
-    if absent:
+    froze = (json.loads((path / "meta.json").read_text()).get("hparams") or {}).get("trainable", "all") != "all"
+    if absent and not froze or len(absent) == 3 * len(template):
         raise CheckpointError(f"{path} holds no AdamW state for every parameter (no {absent[0]})")
-    state = {"optimizer": {"state": template}}
-    _dcp_load(state, path, True, "as AdamW moments")
-    steps = {float(v["step"]) for v in template.values()}
+    loaded = {name: moments for name, moments in template.items() if f"optimizer.state.{name}.step" in saved}
+    _dcp_load({"optimizer": {"state": loaded}}, path, True, "as AdamW moments")
+    steps = {float(v["step"]) for v in loaded.values()}
     return {"step": max(steps), "exp_avg": {k: v["exp_avg"] for k, v in template.items()},
             "exp_avg_sq": {k: v["exp_avg_sq"] for k, v in template.items()}}
 
 
 def carry_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, moments: Dict[str, Any]) -> None:
-    """Collective: installs full (unsharded) AdamW moments into a fresh optimizer, sharding them as the model."""
+    """Collective: installs full (unsharded) AdamW moments into a fresh optimizer, sharding them as the model.
+    Only the optimizer's own parameters take them: frozen ones (--trainable) have no state to carry into."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     current = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    trained = {name for group in current["param_groups"] for name in group["params"]}
     state = {name: {"step": torch.tensor(float(moments["step"])), "exp_avg": moments["exp_avg"][name],
-                    "exp_avg_sq": moments["exp_avg_sq"][name]} for name in moments["exp_avg"]}
+                    "exp_avg_sq": moments["exp_avg_sq"][name]} for name in moments["exp_avg"] if name in trained}
     set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": current["param_groups"]},
                              options=StateDictOptions(full_state_dict=True))
 

@@ -16,6 +16,7 @@ from lit_gpt.materialize import init_parameters, load_parameters, open_weights
 from lit_gpt.model import _plain_name
 from lit_gpt.utils import return_freed_memory
 from pretrain.train_args import DEFAULT_MODEL, TrainArgs, UsageError
+from pretrain.trainable import freeze, trainable_names
 
 # fields a --model_name may change against the config beside --initial_checkpoint: labels, the RoPE cache length
 # (a longer context) and the RMSNorm kernel; every other field fixes the weights' shapes or the function
@@ -160,17 +161,21 @@ def prepare_weights(model: torch.nn.Module, device: torch.device, args: TrainArg
 
 
 def setup_model(fabric, args: TrainArgs, config: Config, strategy_name: str):
-    """(model, optimizer) ready to train: sharded or replicated, on the device, with fresh AdamW."""
+    """(model, optimizer, trainable parameter count) ready to train: sharded or replicated, on the device, with
+    fresh AdamW over the parameters --trainable selects (the others frozen before DDP/FSDP see the model)."""
     return_freed_memory()
     model = build_model(args, config)
+    names = (_plain_name(n) for n, _ in model.named_parameters(remove_duplicate=False))
+    trainable = freeze(model, trainable_names(args.trainable, names, growth_record(args)), _plain_name)
     if strategy_name != "fsdp":
         model.transformer.h = torch.nn.ModuleList(
             _wrap_block(b, args.activation_checkpointing, args.compile) for b in model.transformer.h)
         prepare_weights(model, fabric.device, args)
     model = fabric.setup(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
-                                  betas=(args.beta1, args.beta2), fused=fabric.device.type == "cuda")
-    return model, fabric.setup_optimizers(optimizer)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
+                                  weight_decay=args.weight_decay, betas=(args.beta1, args.beta2),
+                                  fused=fabric.device.type == "cuda")
+    return model, fabric.setup_optimizers(optimizer), trainable
 
 
 def make_fabric(args: TrainArgs):

@@ -14,6 +14,7 @@ Exit codes: 0 finished (final/ written) or requeued by slurm; 1 error (one `erro
 138 SIGUSR1 without requeue, 143 SIGTERM).
 """
 
+import json
 import math
 import os
 import random
@@ -45,6 +46,7 @@ from lit_gpt.distributed import (Agreement, RankFailure, Stopped, StoppedEarly, 
                                  STOP_SIGNALS, stop_early_on_signals, stop_reported)
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
 from lit_gpt.kernels import describe  # noqa: E402
+from lit_gpt.lr_schedule import DEFAULT_DECAY_SHAPE, learning_rate, wsd_decay_steps  # noqa: E402
 from lit_gpt.materialize import open_weights  # noqa: E402
 from lit_gpt.model import set_width_ramps  # noqa: E402
 from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
@@ -54,16 +56,15 @@ from lit_gpt.files import missing  # noqa: E402
 from lit_gpt.utils import check_state_dict  # noqa: E402
 from pretrain.parallel import growth_record, initial_weights_path, make_fabric, model_config, setup_model  # noqa: E402
 from pretrain.train_args import TrainArgs, UsageError  # noqa: E402
+from pretrain.trainable import trainable_names  # noqa: E402
 
 def get_lr(step: int, args: TrainArgs, max_steps: int) -> float:
-    """Linear warm-up to the peak, then cosine to min_lr over `lr_decay_steps` (the horizon, not the stop)."""
-    if step < args.warmup_steps:
-        return args.learning_rate * (step + 1) / args.warmup_steps
+    """The rate of optimizer step `step` under --lr_schedule (lit_gpt/lr_schedule.py); the horizon is
+    `lr_decay_steps`, else `max_steps`, not where the run stops."""
     horizon = args.lr_decay_steps or max_steps
-    if step >= horizon:
-        return args.min_lr
-    ratio = (step - args.warmup_steps) / max(1, horizon - args.warmup_steps)
-    return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (args.learning_rate - args.min_lr)
+    decay = wsd_decay_steps(horizon, args.decay_steps, args.decay_fraction) if args.lr_schedule == "wsd" else 0
+    return learning_rate(step, args.lr_schedule, args.learning_rate, args.min_lr, args.warmup_steps, horizon,
+                         decay, args.decay_shape or DEFAULT_DECAY_SHAPE)
 
 
 def data_files(directory: Path, prefix: str, check: bool = False) -> list:
@@ -91,6 +92,7 @@ def validate(args: TrainArgs) -> Config:
     args.check()
     check_out_dir(args)
     config = model_config(args)
+    args.check_schedule(args.run_steps(args.block_size or config.block_size))  # --max_tokens: steps known now
     for flag, d in (("--train_data_dir", args.train_data_dir), ("--val_data_dir", args.val_data_dir)):
         if d is not None and (why := missing(d, "directory")):
             raise UsageError(f"{flag} {d}: {why}; give the directory of the packed *.bin files")
@@ -113,6 +115,7 @@ def validate(args: TrainArgs) -> Config:
     if args.initial_checkpoint:
         check_state_dict(open_weights(initial_weights_path(args)), expected_shapes(config),
                          f"--initial_checkpoint {args.initial_checkpoint}")
+    trainable_names(args.trainable, expected_shapes(config), growth_record(args))
     moments = args.initial_checkpoint and initial_weights_path(args).parent / "optimizer_moments.pth"
     if args.optimizer_state == "carry" and not (moments and moments.is_file()):
         raise UsageError("--optimizer_state carry needs --initial_checkpoint DIR holding optimizer_moments.pth: "
@@ -124,9 +127,20 @@ def validate(args: TrainArgs) -> Config:
         except ValueError as e:
             raise UsageError(f"--resume: {e}") from None
         ckpt.check_config(path, config)
+        check_same_trainable(path, args)
     elif args.resume == "auto" and (latest := ckpt.find_resumable(Path(args.out_dir), lambda line: None)):
         ckpt.check_config(latest, config)  # its warnings come from `resume_point`, once, on rank 0
+        check_same_trainable(latest, args)
     return config
+
+
+def check_same_trainable(path: Path, args: TrainArgs) -> None:
+    """A checkpoint holds optimizer state for the parameters its run trained: resuming it needs the same set."""
+    saved = (json.loads((path / "meta.json").read_text()).get("hparams") or {}).get("trainable", "all")
+    if saved != args.trainable:
+        raise UsageError(f"{path} was trained with --trainable {saved}, this run asks for {args.trainable}; resume "
+                         f"with --trainable {saved} (its optimizer holds state for those parameters only), or start "
+                         "a new run from its weights with --initial_checkpoint")
 
 
 def resume_point(fabric, args: TrainArgs, out_dir: Path) -> Optional[Path]:
@@ -200,14 +214,16 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     accumulation = args.global_batch_size // (args.micro_batch_size * world)
     tokens_per_step = args.global_batch_size * block
     # 0 steps is allowed: it exports the initial weights (the paper's d = 0 base, a random model)
-    max_steps = args.max_steps if args.max_steps is not None else max(
-        1 if args.max_tokens else 0, args.max_tokens // tokens_per_step)
+    max_steps = args.run_steps(block)
     fabric.seed_everything(args.seed, verbose=False)
     growth = growth_record(args)
     record = growth or None  # provenance: into every checkpoint's meta.json and final/
     masked, width = growth.get("masked_layers") or [], growth.get("width_masks")
     log(f"building {config.name}: {param_count(config) / 1e6:,.1f}M parameters")
-    model, optimizer = setup_model(fabric, args, config, strategy_name)
+    model, optimizer, trainable = setup_model(fabric, args, config, strategy_name)
+    if args.trainable != "all":
+        log(f"training {trainable / 1e6:,.2f}M of {param_count(config) / 1e6:,.2f}M parameters (--trainable "
+            f"{args.trainable}); the others are frozen")
     loader = create_train_loader(args, block, accumulation, fabric, config.padded_vocab_size)
     loss_fn = FusedCrossEntropyLoss()
 

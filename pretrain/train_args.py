@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional, Tuple
 
 from lit_gpt.cli import whole_count
+from lit_gpt.lr_schedule import DECAY_SHAPES, DEFAULT_DECAY_FRACTION, SCHEDULES, wsd_decay_steps
 
 DEFAULT_MODEL = "4L128H"  # the model of a run that names none and starts from no checkpoint
 
@@ -20,7 +21,8 @@ def _h(text: str, **extra) -> dict:
 @dataclass
 class TrainArgs:
     # a flag for one of these replaces a recipe's value for the other (lit_gpt.cli.parse)
-    ALTERNATIVES: ClassVar[Tuple[Tuple[str, ...], ...]] = (("max_steps", "max_tokens"),)
+    ALTERNATIVES: ClassVar[Tuple[Tuple[str, ...], ...]] = (("max_steps", "max_tokens"),
+                                                           ("decay_steps", "decay_fraction"))
     model_name: Optional[str] = field(default=None, metadata=_h(
         "config name, or a lit_config.json path (default: the lit_config.json beside --initial_checkpoint, else "
         f"the resumed checkpoint's, else {DEFAULT_MODEL})"))
@@ -49,10 +51,29 @@ class TrainArgs:
     max_tokens: Optional[int] = field(default=None, metadata=_h(
         "tokens to train on, e.g. 400000, 2e4, 1.5M, 5B; sets max_steps", parse=whole_count))
     learning_rate: float = field(default=4e-4, metadata=_h("peak learning rate"))
-    min_lr: float = field(default=4e-5, metadata=_h("learning rate at the end of the cosine"))
+    min_lr: float = field(default=4e-5, metadata=_h(
+        "learning rate at the end of the cosine or of wsd's decay (constant never reaches it)"))
     warmup_steps: int = field(default=100, metadata=_h("linear warm-up steps from 0"))
     lr_decay_steps: Optional[int] = field(default=None, metadata=_h(
-        "cosine horizon in steps, independent of where the run stops (default: max_steps)"))
+        "horizon of cosine and wsd in optimizer steps, independent of where the run stops: cosine reaches min_lr "
+        "there, wsd's decay ends there (default: max_steps; constant has none)"))
+    lr_schedule: str = field(default="cosine", metadata=_h(
+        "cosine: warm-up, then cosine to min_lr over the horizon (upstream, the paper); wsd (warmup-stable-decay): "
+        "warm-up, the peak held, then a decay to min_lr over the last --decay_steps of the horizon, so a "
+        "stable-phase checkpoint can be grown and the run decays once at its end; constant: warm-up, then the peak "
+        "for ever. The rate is a function of the step and these flags alone (lit_gpt/lr_schedule.py), so a resume "
+        "continues it",
+        choices=list(SCHEDULES)))
+    decay_steps: Optional[int] = field(default=None, metadata=_h(
+        "wsd only: optimizer steps of the decay, the last ones of the horizon; at most the horizon less "
+        f"--warmup_steps (default: --decay_fraction's, else {DEFAULT_DECAY_FRACTION:g} of the horizon)"))
+    decay_fraction: Optional[float] = field(default=None, metadata=_h(
+        "wsd only, instead of --decay_steps: the decay's share of the horizon, in (0, 1], rounded to the nearest "
+        f"step (default: {DEFAULT_DECAY_FRACTION:g} when --decay_steps is not given either)"))
+    decay_shape: Optional[str] = field(default=None, metadata=_h(
+        "wsd only: the decay's curve from the peak to min_lr over t from 0 to 1: linear, cosine, or 1-sqrt "
+        "(lr = min_lr + (peak - min_lr) (1 - sqrt(t)), Hagele et al. 2024) (default with wsd: 1-sqrt)",
+        choices=list(DECAY_SHAPES)))
     weight_decay: float = field(default=0.1, metadata=_h("AdamW weight decay, on every parameter as upstream"))
     beta1: float = field(default=0.9, metadata=_h("AdamW beta1"))
     beta2: float = field(default=0.95, metadata=_h("AdamW beta2"))
@@ -75,6 +96,11 @@ class TrainArgs:
     optimizer_state: str = field(default="reset", metadata=_h(
         "with --initial_checkpoint: reset (fresh AdamW, the paper's choice) or carry (the base model's moments "
         "mapped by `python -m growth grow --carry_optimizer`)", choices=["reset", "carry"]))
+    trainable: str = field(default="all", metadata=_h(
+        "parameters to train, the rest frozen (no gradients, no optimizer state): all; new, the layers the growth "
+        "record beside --initial_checkpoint says were created (LLaMA-Pro: grow with --op zero-depth --layers pro:K, "
+        "train only the identity blocks); or a regular expression searched in each parameter name (e.g. "
+        "'transformer\\.h\\.(2|5)\\.'). FLOPs are still counted as full training, an upper bound"))
     mask_ramp_steps: int = field(default=5000, metadata=_h(
         "steps over which the masks of random-* growth ramp from 0 to 1: the new layers of random-depth; for "
         "random-width each of three phases in turn (new FFN units, then new hidden dims, then new heads)"))
@@ -127,3 +153,45 @@ class TrainArgs:
             raise UsageError("--keep_last must be at least 1 (the checkpoint a resume needs)")
         if not 0 <= self.seed < 2 ** 32:
             raise UsageError(f"--seed must be from 0 to {2 ** 32 - 1} (numpy's range), got {self.seed}")
+        self.check_schedule(self.max_steps)
+
+    def run_steps(self, block: int) -> int:
+        """The optimizer steps of the run: --max_steps, else --max_tokens in whole global batches of `block`
+        tokens (at least 1 for a positive budget; 0 steps exports the initial weights)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1 if self.max_tokens else 0, self.max_tokens // (self.global_batch_size * block))
+
+    def check_schedule(self, max_steps: Optional[int]) -> None:
+        """The learning-rate schedule's flags; with `max_steps` None (a --max_tokens run before its block size is
+        known) the decay's fit in the horizon is checked only against --lr_decay_steps. Raises UsageError."""
+        given = [f"--{name}" for name in ("decay_steps", "decay_fraction", "decay_shape")
+                 if getattr(self, name) is not None]
+        if given and self.lr_schedule != "wsd":
+            several = len(given) > 1
+            raise UsageError(f"{' and '.join(given)} only shape{'' if several else 's'} the decay of --lr_schedule "
+                             f"wsd, not {self.lr_schedule}; drop {'them' if several else 'it'} or use --lr_schedule wsd")
+        if self.decay_steps is not None and self.decay_fraction is not None:
+            raise UsageError(f"give at most one of --decay_steps ({self.decay_steps}) and --decay_fraction "
+                             f"({self.decay_fraction}): both set the length of wsd's decay")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise UsageError(f"--decay_steps must be at least 1, got {self.decay_steps}")
+        if self.decay_fraction is not None and not 0 < self.decay_fraction <= 1:
+            raise UsageError(f"--decay_fraction is a share of the horizon, above 0 and at most 1, got "
+                             f"{self.decay_fraction}")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 0:
+            raise UsageError(f"--lr_decay_steps cannot be negative, got {self.lr_decay_steps}")
+        horizon = self.lr_decay_steps or max_steps
+        if self.lr_schedule != "wsd" or not horizon:  # a 0-step run computes no rate
+            return
+        decay = wsd_decay_steps(horizon, self.decay_steps, self.decay_fraction)
+        room = horizon - self.warmup_steps
+        if decay > room:
+            share = (f"--decay_fraction {self.decay_fraction:g}" if self.decay_fraction is not None else
+                     f"the default --decay_fraction {DEFAULT_DECAY_FRACTION:g}")
+            length = (f"--decay_steps {decay}" if self.decay_steps is not None else
+                      f"a decay of {decay} steps ({share} of {horizon})")
+            source = next(f"--{name}" for name in ("lr_decay_steps", "max_steps", "max_tokens") if getattr(self, name))
+            raise UsageError(f"{length} does not fit after the warm-up: the horizon of {horizon} steps ({source}) "
+                             f"less --warmup_steps {self.warmup_steps} leaves {max(room, 0)}; give a shorter "
+                             "decay, fewer warm-up steps or a longer horizon")

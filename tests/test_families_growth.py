@@ -13,7 +13,7 @@ from test_families import FAMILIES, HF_TO_LIT, LIT_TO_HF, hf_family_model, logit
 from test_pretrain import args_for, data_dir  # noqa: F401 - data_dir is a fixture
 
 from growth.__main__ import main as growth_main
-from lit_gpt import Config
+from lit_gpt import GPT, Config
 
 GROWN_FAMILIES = ("smollm2", "llama3.2", "qwen2", "head_dim")
 IDX = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(1))
@@ -101,7 +101,6 @@ def test_stacked_families_train_export_and_load_in_transformers(tmp_path, data_d
         assert back.config.tie_word_embeddings is config.tie_embeddings
         if config.tie_embeddings:
             assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()
-        from lit_gpt import GPT
         lit = GPT(Config.from_json(work / "run" / "final" / "lit_config.json")).eval()
         lit.load_state_dict(trained)
         diff = (logits(back, IDX) - logits(lit, IDX)).abs().max().item()

@@ -67,6 +67,10 @@ def test_plan_lists_grow_and_train_commands(tmp_path):
     ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": {"op": "direct-width", "split": "foo"}}],
      "split must be even or lemon"),
     ("  - model_name: 2L128H\n    model_name: 4L128H\n", "line 4: key 'model_name' given twice"),
+    ([{"model_name": "2L128H", "lr_schedule": "wsdd"}], "lr_schedule: invalid choice 'wsdd' (did you mean 'wsd'?"),
+    ([{"model_name": "2L128H", "lr_schedule": "constant", "decay_steps": 1}],
+     "stage 'stage-1': --decay_steps only shapes the decay of --lr_schedule wsd, not constant"),
+    ([{"model_name": "2L128H", "lr_schedule": "wsd", "decay_steps": 2}], "--decay_steps 2 does not fit after the warm-up"),
 ])
 def test_bad_recipes_are_refused(tmp_path, capsys, stages, message):
     path = recipe(tmp_path, tmp_path, stages)
@@ -74,6 +78,32 @@ def test_bad_recipes_are_refused(tmp_path, capsys, stages, message):
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error:") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_wsd_recipe_grows_in_the_stable_phase_and_decays_once_at_the_end():
+    from growth.stages import ROOT, load_recipe
+    from lit_gpt.cli import parse
+    from pretrain.tinyllama import get_lr
+    from pretrain.train_args import TrainArgs
+
+    steps = plan(load_recipe(ROOT / "pretrain" / "configs" / "stages" / "wsd_grow_cpu.yaml"))
+    assert [(s.kind, s.stage) for s in steps] == [("train", "2L"), ("grow", "4L"), ("train", "4L"), ("grow", "8L"),
+                                                  ("train", "8L")]
+    trains = [s.command for s in steps if s.kind == "train"]
+    # each stage's command, read by the parser the training script uses
+    runs = [parse(TrainArgs, command[2:]) for command in trains]
+    assert [r.lr_schedule for r in runs] == ["constant", "constant", "wsd"]
+    assert all("--decay_steps" not in command and "--decay_shape" not in command for command in trains[:2])
+    for run in runs:
+        run.check()
+        curve = [get_lr(step, run, run.max_steps) for step in range(run.max_steps)]
+        assert curve[run.warmup_steps - 1] == run.learning_rate  # every stage warms up again to the same peak
+        if run.lr_schedule == "constant":  # the next stage grows from weights that never annealed
+            assert set(curve[run.warmup_steps:]) == {run.learning_rate}
+    last = runs[-1]
+    assert (last.decay_steps, last.decay_shape, last.max_steps) == (80, "1-sqrt", 200)
+    assert set(curve[last.warmup_steps:120]) == {last.learning_rate} and curve[120] < last.learning_rate
+    assert curve[-1] == last.min_lr
 
 
 def test_training_values_are_converted_like_flags(tmp_path):

@@ -49,7 +49,7 @@ def worker(args: argparse.Namespace) -> int:
     fabric, strategy = make_fabric(train)
 
     def step(_) -> None:
-        model, optimizer = setup_model(fabric, train, config, strategy)
+        model, optimizer, _ = setup_model(fabric, train, config, strategy)
         tokens = torch.randint(0, config.vocab_size, (1, args.seq + 1), generator=torch.Generator().manual_seed(0))
         loss = FusedCrossEntropyLoss()(model(tokens[:, :-1]), tokens[:, 1:])
         fabric.backward(loss)
