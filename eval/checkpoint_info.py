@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lit_gpt.checkpoint import check_masks_baked  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import check_tokenizer_vocab  # noqa: E402
 from lit_gpt.records import check_growth_record, check_training_record  # noqa: E402
@@ -106,8 +107,10 @@ def checkpoint_info(directory: Union[str, Path]) -> Dict[str, Any]:
                                   "python -m growth grow)") from None
 
     training = read("training.json", check_training_record) or {}
+    growth = read("growth.json", check_growth_record)
+    check_masks_baked(directory)  # the records are sound now: what remains is whether the weights are the model
     scratch = training.get("scratch_tokens") or {}
-    return {"config": config.name, "growth": read("growth.json", check_growth_record) or training.get("growth"),
+    return {"config": config.name, "growth": growth or training.get("growth"),
             "training": {"tokens": training.get("tokens"), "flops": training.get("flops"),
                          "step": training.get("step"), "total_tokens": training.get("total_tokens"),
                          "scratch_tokens": {"exact": scratch.get("exact"), "paper": scratch.get("paper")}}}

@@ -55,6 +55,9 @@ def grow(src: Path, target: str, op: str, out: Path, layers: str = "cyclic", noi
     options = ({"split": split or "lemon"} if op == "direct-width" else {"clone_noise": clone_noise or 0.0}
                if op == "hyperclone" else {"init": init or "upstream"} if op in RANDOM_INIT_OPERATORS else {})
     if op in WIDTH_OPERATORS:
+        if tgt.norm_eps != source.config.norm_eps:  # the exact forms hold for the source's eps only
+            raise ValueError(f"width growth keeps norm_eps, but the target has {tgt.norm_eps}, the source "
+                             f"{source.config.norm_eps}; set the target's norm_eps to the source's")
         state = WIDTH_OPERATORS[op](source.config, source.state, tgt, generator, **options)
         index_map, rate = None, None
         if op == "random-width":
@@ -95,7 +98,8 @@ def check_options(op: str, layers: str = "cyclic", noise: float = 0.0, split: Op
     Raises:
         ValueError: one line naming the option and what to do."""
     if op not in OPERATORS:
-        raise ValueError(f"unknown operator {op!r}; available: {', '.join(OPERATORS)}")
+        learned = f"; {op} is fitted on data: python -m growth learn --op {op}" if op.startswith("learn-") else ""
+        raise ValueError(f"unknown operator {op!r}{learned}; available: {', '.join(OPERATORS)}")
     if op == "random-depth" and layers != "cyclic":
         raise ValueError("random-depth keeps the source layers in place and adds new ones on top; drop --layers")
     if op in WIDTH_OPERATORS and (layers != "cyclic" or carry_optimizer):

@@ -118,6 +118,8 @@ def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, recor
     """
     check_writable_target(out, force)
     check_state_dict(state, expected_shapes(config), "grown model")
+    if config.tie_embeddings and transform is not None:
+        transform = _tied(transform)
     with atomic_dir(out) as tmp:
         total = sum(t.numel() * t.element_size() for t in state.values())
         # disable=None: no bar when stderr is a log file, where it would run into the error line
@@ -135,4 +137,19 @@ def write_grown(out: Path, state: Dict[str, torch.Tensor], config: Config, recor
         for name in TOKENIZER_FILES if source.directory else ():
             if (source.directory / name).is_file():
                 shutil.copyfile(source.directory / name, tmp / name)  # the umask, not the source's mode
+
+
+def _tied(transform: Transform) -> Transform:
+    """`transform` drawing once for the tied embedding and head (noise drawn per name would untie them): the
+    second of the two names gets the first one's result."""
+    done: Dict[str, torch.Tensor] = {}
+    pair = ("transformer.wte.weight", "lm_head.weight")
+
+    def apply(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if key not in pair:
+            return transform(key, tensor)
+        if "tied" not in done:
+            done["tied"] = transform(key, tensor)
+        return done["tied"]
+    return apply
 

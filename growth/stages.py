@@ -45,8 +45,10 @@ from growth.grow import OPERATORS, check_options
 from growth.operators import check_no_shrink
 from lit_gpt.cli import ArgumentParser, convert_values, read_recipe
 from lit_gpt.config import Config
+from lit_gpt.convert import expected_shapes
 from lit_gpt.files import write_text
 from pretrain.train_args import TrainArgs
+from pretrain.trainable import trainable_names
 
 ROOT = Path(__file__).resolve().parents[1]
 GROW_KEYS = {"op", "layers", "noise", "seed", "split", "init", "clone_noise", "src"}
@@ -128,6 +130,14 @@ def plan(recipe: Dict[str, Any], launcher: Sequence[str] = (), source: str = "re
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         config = Config.load(_rooted(args["model_name"]))
+        try:  # --trainable against this stage's model, before any stage runs
+            if args.get("trainable", "all") == "new" and not grow:
+                raise ValueError("trainable: new needs a stage that grows (a grow: entry), whose growth record names "
+                                 "the layers it created")
+            if args.get("trainable", "all") not in ("new", "all"):
+                trainable_names(args["trainable"], expected_shapes(config), None)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
         try:  # growth never shrinks: found now, not after the stages before it have trained
             if isinstance(grow, dict) and not grow.get("src") and previous is not None:
                 check_no_shrink(Config(**previous.record["model"]), config)

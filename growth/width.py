@@ -64,8 +64,8 @@ def check_width_growth(src: Config, tgt: Config) -> None:
     norm_eps, block_size and the norm class may differ (they hold no weights).
     """
     if src.head_size != tgt.head_size:
-        raise ValueError(f"width growth keeps head_size (n_embd / n_head): the source has {src.n_embd}/{src.n_head}"
-                         f" = {src.head_size}, the target {tgt.n_embd}/{tgt.n_head} = {tgt.head_size}")
+        raise ValueError(f"width growth keeps head_size (head_dim, else n_embd / n_head): the source has "
+                         f"{src.head_size}, the target {tgt.head_size}")
     if src.q_per_kv != tgt.q_per_kv:
         raise ValueError(f"width growth keeps q_per_kv (query heads per key/value group): the source has "
                          f"{src.q_per_kv}, the target {tgt.q_per_kv}; grow n_query_groups with n_head")

@@ -371,6 +371,20 @@ def growth_beside(directory: Path) -> Dict[str, Any]:
     return read_record(growth, check_growth_record) if growth.is_file() else {}
 
 
+def check_masks_baked(directory: Path) -> None:
+    """Refuses weights that a random-* growth wrote and no training has touched: they compute the source's
+    function only with their growth masks at 0, which pretrain/tinyllama.py applies (and bakes into its export),
+    so the weights alone are another model. Grown by any other operator, or trained: fine.
+
+    Raises:
+        CheckpointError: such weights, or a damaged growth.json/training.json (`growth_beside`)."""
+    record = growth_beside(directory)
+    if record.get("masked_layers") or record.get("width_masks"):
+        raise CheckpointError(f"{directory} holds {record['operator']}-grown weights whose growth masks (0 at first, "
+                              "held apart from the weights) make the model; train it with pretrain/tinyllama.py "
+                              "--initial_checkpoint and use the run's final/ export, which has them baked in")
+
+
 def run_growth(meta: Dict[str, Any], where: Path) -> Optional[Dict[str, Any]]:
     """The growth record a training checkpoint's run applied: meta.json's `growth`; for checkpoints saved
     before meta.json held it, the growth.json beside the run's --initial_checkpoint (None when there is none).
@@ -447,17 +461,23 @@ def consolidate_optimizer(path: Path) -> Dict[str, Any]:
             saved before the first optimizer step).
     """
     weights = consolidate(path)
+    # a tied embedding is one parameter: the optimizer state is saved once, under its first name, the LM head's
+    tied = Config.from_json(path / "lit_config.json").tie_embeddings
     template = {name: {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(t, dtype=torch.float32),
-                       "exp_avg_sq": torch.zeros_like(t, dtype=torch.float32)} for name, t in weights.items()}
+                       "exp_avg_sq": torch.zeros_like(t, dtype=torch.float32)} for name, t in weights.items()
+                if not (tied and name == "transformer.wte.weight")}
     saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
     absent = [f"optimizer.state.{name}.{key}" for name, moments in template.items() for key in moments
               if f"optimizer.state.{name}.{key}" not in saved]
     froze = (json.loads((path / "meta.json").read_text()).get("hparams") or {}).get("trainable", "all") != "all"
     if absent and not froze or len(absent) == 3 * len(template):
-        raise CheckpointError(f"{path} holds no AdamW state for every parameter (no {absent[0]})")
+        raise CheckpointError(f"{path} holds no AdamW state for some parameter its run trained (no {absent[0]}); "
+                              "a checkpoint saved before the first optimizer step has none")
     loaded = {name: moments for name, moments in template.items() if f"optimizer.state.{name}.step" in saved}
     _dcp_load({"optimizer": {"state": loaded}}, path, True, "as AdamW moments")
     steps = {float(v["step"]) for v in loaded.values()}
+    if tied:
+        template["transformer.wte.weight"] = template["lm_head.weight"]
     return {"step": max(steps), "exp_avg": {k: v["exp_avg"] for k, v in template.items()},
             "exp_avg_sq": {k: v["exp_avg_sq"] for k, v in template.items()}}
 

@@ -1,6 +1,7 @@
 """How a run's processes get their Fabric, model and optimizer: the strategy, FSDP2 sharding on the meta device,
 and weights written by each rank into its own shards (`lit_gpt.materialize`)."""
 
+import json
 import logging
 from datetime import timedelta
 from functools import partial
@@ -14,6 +15,7 @@ from lit_gpt import checkpoint as ckpt
 from lit_gpt.distributed import launch_rank
 from lit_gpt.materialize import init_parameters, load_parameters, open_weights
 from lit_gpt.model import _plain_name
+from lit_gpt.records import check_growth_record
 from lit_gpt.utils import return_freed_memory
 from pretrain.train_args import DEFAULT_MODEL, TrainArgs, UsageError
 from pretrain.trainable import freeze, trainable_names
@@ -94,6 +96,20 @@ def growth_record(args: TrainArgs) -> dict:
     return ckpt.growth_beside(initial_weights_path(args).parent)
 
 
+def trainable_growth(args: TrainArgs) -> dict:
+    """The growth record that names the layers growth created, for --trainable new: the growth.json beside
+    --initial_checkpoint (also a grown run's export, whose record still says which layers are new), else that
+    of the checkpoint a resume reads; {} when there is none."""
+    if args.initial_checkpoint:
+        growth = initial_weights_path(args).parent / "growth.json"
+        return ckpt.read_record(growth, check_growth_record) if growth.is_file() else {}
+    resumed = ckpt.find_resumable(Path(args.out_dir), lambda line: None) if args.resume == "auto" else (
+        Path(args.resume) if args.resume else None)
+    if resumed is None or not (resumed / "meta.json").is_file():
+        return {}
+    return ckpt.run_growth(json.loads((resumed / "meta.json").read_text()), resumed / "meta.json") or {}
+
+
 def fsdp2(model: torch.nn.Module, device_mesh, args: TrainArgs):
     """Lightning's parallelize_fn: shards every Block and the rest of the model on the meta device, then
     allocates this rank's shards and fills them (`prepare_weights`), so no rank ever holds the whole model."""
@@ -161,12 +177,14 @@ def prepare_weights(model: torch.nn.Module, device: torch.device, args: TrainArg
 
 
 def setup_model(fabric, args: TrainArgs, config: Config, strategy_name: str):
-    """(model, optimizer, trainable parameter count) ready to train: sharded or replicated, on the device, with
+    """(model, optimizer, trainable parameter count or None for all) ready to train: sharded or replicated, on the device, with
     fresh AdamW over the parameters --trainable selects (the others frozen before DDP/FSDP see the model)."""
     return_freed_memory()
     model = build_model(args, config)
-    names = (_plain_name(n) for n, _ in model.named_parameters(remove_duplicate=False))
-    trainable = freeze(model, trainable_names(args.trainable, names, growth_record(args)), _plain_name)
+    trainable = None  # with "all", nothing to freeze and no names to build (100k layers: minutes)
+    if args.trainable != "all":
+        names = (_plain_name(n) for n, _ in model.named_parameters(remove_duplicate=False))
+        trainable = freeze(model, trainable_names(args.trainable, names, trainable_growth(args)), _plain_name)
     if strategy_name != "fsdp":
         model.transformer.h = torch.nn.ModuleList(
             _wrap_block(b, args.activation_checkpointing, args.compile) for b in model.transformer.h)

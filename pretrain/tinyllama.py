@@ -54,7 +54,8 @@ from lit_gpt.flops import flops_per_token, run_accounting  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, format_duration  # noqa: E402
 from lit_gpt.files import missing  # noqa: E402
 from lit_gpt.utils import check_state_dict  # noqa: E402
-from pretrain.parallel import growth_record, initial_weights_path, make_fabric, model_config, setup_model  # noqa: E402
+from pretrain.parallel import (growth_record, initial_weights_path, make_fabric, model_config, setup_model,  # noqa: E402
+                              trainable_growth)
 from pretrain.train_args import TrainArgs, UsageError  # noqa: E402
 from pretrain.trainable import trainable_names  # noqa: E402
 
@@ -115,7 +116,8 @@ def validate(args: TrainArgs) -> Config:
     if args.initial_checkpoint:
         check_state_dict(open_weights(initial_weights_path(args)), expected_shapes(config),
                          f"--initial_checkpoint {args.initial_checkpoint}")
-    trainable_names(args.trainable, expected_shapes(config), growth_record(args))
+    if args.trainable != "all":  # building the names costs seconds per thousand layers: only when used
+        trainable_names(args.trainable, expected_shapes(config), trainable_growth(args))
     moments = args.initial_checkpoint and initial_weights_path(args).parent / "optimizer_moments.pth"
     if args.optimizer_state == "carry" and not (moments and moments.is_file()):
         raise UsageError("--optimizer_state carry needs --initial_checkpoint DIR holding optimizer_moments.pth: "
@@ -127,20 +129,30 @@ def validate(args: TrainArgs) -> Config:
         except ValueError as e:
             raise UsageError(f"--resume: {e}") from None
         ckpt.check_config(path, config)
-        check_same_trainable(path, args)
+        check_same_run(path, args)
     elif args.resume == "auto" and (latest := ckpt.find_resumable(Path(args.out_dir), lambda line: None)):
         ckpt.check_config(latest, config)  # its warnings come from `resume_point`, once, on rank 0
-        check_same_trainable(latest, args)
+        check_same_run(latest, args)
     return config
 
 
-def check_same_trainable(path: Path, args: TrainArgs) -> None:
-    """A checkpoint holds optimizer state for the parameters its run trained: resuming it needs the same set."""
-    saved = (json.loads((path / "meta.json").read_text()).get("hparams") or {}).get("trainable", "all")
+def check_same_run(path: Path, args: TrainArgs) -> None:
+    """What a resume needs from the command beyond the checkpoint: the same --trainable (its optimizer holds state
+    for those parameters only), and the --initial_checkpoint of a random-* grown run whose masks still ramp (they
+    are built from the growth record and mask file beside it, not saved in the checkpoint)."""
+    hparams = json.loads((path / "meta.json").read_text()).get("hparams") or {}
+    saved = hparams.get("trainable", "all")
     if saved != args.trainable:
         raise UsageError(f"{path} was trained with --trainable {saved}, this run asks for {args.trainable}; resume "
                          f"with --trainable {saved} (its optimizer holds state for those parameters only), or start "
                          "a new run from its weights with --initial_checkpoint")
+    if not args.initial_checkpoint:
+        try:
+            ckpt.check_masks_settled(path)
+        except ckpt.CheckpointError:
+            raise UsageError(f"{path} is a run whose growth masks still ramp, built from the growth record beside "
+                             f"its --initial_checkpoint: resume with --initial_checkpoint "
+                             f"{hparams.get('initial_checkpoint')} as the run started") from None
 
 
 def resume_point(fabric, args: TrainArgs, out_dir: Path) -> Optional[Path]:
@@ -222,8 +234,8 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     log(f"building {config.name}: {param_count(config) / 1e6:,.1f}M parameters")
     model, optimizer, trainable = setup_model(fabric, args, config, strategy_name)
     if args.trainable != "all":
-        log(f"training {trainable / 1e6:,.2f}M of {param_count(config) / 1e6:,.2f}M parameters (--trainable "
-            f"{args.trainable}); the others are frozen")
+        log(f"training {trainable:,} of {param_count(config):,} parameters (--trainable {args.trainable!r}); the "
+            "others are frozen")
     loader = create_train_loader(args, block, accumulation, fabric, config.padded_vocab_size)
     loss_fn = FusedCrossEntropyLoss()
 
@@ -265,8 +277,9 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
 
     if record and (record.get("base_total_tokens") is None or record.get("base_scratch_tokens_paper") is None):
         log("warning: the growth record does not give the base's total tokens and paper-convention cost (a base "
-            "of unknown tokens, or a growth.json written before they were recorded): total tokens and paper_flops "
-            "stay empty; grow again with this version to record them")
+            "without training.json, such as a public checkpoint, or a growth.json written before they were "
+            "recorded): total tokens and paper_flops stay empty rather than count the base as free; for an old "
+            "growth.json, grow again with this version")
 
     def accounting() -> dict:
         """total_tokens (the base's included), paper_flops and scratch_tokens {exact, paper} so far."""

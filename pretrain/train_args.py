@@ -147,6 +147,10 @@ class TrainArgs:
             if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value == 0):
                 least = "above" if name == "learning_rate" else "of at least"
                 raise UsageError(f"--{name} must be a finite number {least} 0, got {value}")
+        if self.lr_schedule != "constant" and self.min_lr > self.learning_rate:
+            raise UsageError(f"--min_lr {self.min_lr} is above --learning_rate {self.learning_rate}: the "
+                             f"{self.lr_schedule} schedule would rise to it; set --min_lr at most the peak (e.g. a "
+                             "tenth of it)")
         if self.block_size is not None and self.block_size < 1:
             raise UsageError(f"--block_size must be at least 1, got {self.block_size}")
         if self.keep_last is not None and self.keep_last < 1:
@@ -179,8 +183,9 @@ class TrainArgs:
         if self.decay_fraction is not None and not 0 < self.decay_fraction <= 1:
             raise UsageError(f"--decay_fraction is a share of the horizon, above 0 and at most 1, got "
                              f"{self.decay_fraction}")
-        if self.lr_decay_steps is not None and self.lr_decay_steps < 0:
-            raise UsageError(f"--lr_decay_steps cannot be negative, got {self.lr_decay_steps}")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
+            raise UsageError(f"--lr_decay_steps must be at least 1 (leave it out for the run's --max_steps), got "
+                             f"{self.lr_decay_steps}")
         horizon = self.lr_decay_steps or max_steps
         if self.lr_schedule != "wsd" or not horizon:  # a 0-step run computes no rate
             return

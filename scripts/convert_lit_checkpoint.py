@@ -20,6 +20,7 @@ if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
     guard_command()
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
+from lit_gpt.checkpoint import check_masks_baked  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import (TOKENIZER_FILES, check_tokenizer_vocab, copy_weights_llama,  # noqa: E402
                              lit_config_to_hf, save_safetensors)
@@ -47,6 +48,7 @@ def convert_lit_checkpoint(checkpoint_path: Path, out_dir: Path, model_name: str
     else:
         raise CheckpointError(f"no lit_config.json beside {checkpoint_path}; pass --model_name")
     check_tokenizer_vocab(source_dir, config)
+    check_masks_baked(source_dir)
     state = copy_weights_llama(config, load_state_dict(checkpoint_path))
     dtype = next(iter(state.values())).dtype
     bos_id, eos_id = _special_ids(source_dir)

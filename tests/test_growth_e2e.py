@@ -34,6 +34,13 @@ def test_function_preserving_growth_continues_the_base_run(data_dir, tmp_path): 
     refused = subprocess.run([sys.executable, "scripts/export_checkpoint.py", "--checkpoint_dir",
                               str(tmp_path / "run-random-depth" / "step-00000002")], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 1 and "masks ramp until step 5" in refused.stderr  # mask 1/4 in the raw weights
+    # the masks come from the growth record beside --initial_checkpoint: a resume without it would drop them
+    refused = subprocess.run([sys.executable, "pretrain/tinyllama.py", *args_for(
+        data_dir, tmp_path / "run-random-depth", "--model_name", target, "--max_steps", 3, "--eval_interval", 0,
+        "--resume", "auto")],
+        cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 1 and f"resume with --initial_checkpoint {tmp_path / 'random-depth'}" in \
+        refused.stderr, refused.stderr
     base, zero, stacked = metrics(tmp_path / "base"), metrics(tmp_path / "run-zero-depth"), metrics(tmp_path / "run-stack")
     masked = metrics(tmp_path / "run-random-depth")
     # the grown run reads the batch the base run would have read next (step 5), with the base's function
@@ -67,3 +74,23 @@ def test_optimizer_state_carry(data_dir, tmp_path):  # noqa: F811
                               str(data_dir), "--max_steps", "1", "--optimizer_state", "carry"], cwd=ROOT,
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "--carry_optimizer" in refused.stderr
+
+
+def test_optimizer_state_carry_from_a_tied_model(data_dir, tmp_path):  # noqa: F811
+    """A tied embedding's AdamW state is saved once, under the LM head's name; carry maps it to both names."""
+    base = tmp_path / "base.json"
+    Config(**{**MODEL, "tie_embeddings": True}).to_json(base)
+    target = tmp_path / "target.json"
+    Config(**{**MODEL, "tie_embeddings": True, "n_layer": 4}).to_json(target)
+    step2 = tmp_path / "base" / "step-00000002"
+    in_one_process([
+        ["pretrain/tinyllama.py", *args_for(data_dir, tmp_path / "base", "--model_name", base, "--max_steps", 2,
+                                            "--eval_interval", 0, "--save_interval", 2)],
+        ["growth", "grow", "--src", step2, "--target", target, "--op", "zero-depth", "--out", tmp_path / "grown",
+         "--carry_optimizer"],
+        ["pretrain/tinyllama.py", *args_for(data_dir, tmp_path / "carry", "--model_name", target, "--max_steps", 1,
+                                            "--eval_interval", 0, "--initial_checkpoint", tmp_path / "grown",
+                                            "--optimizer_state", "carry")]], tmp_path)
+    moments = torch.load(tmp_path / "grown" / "optimizer_moments.pth", weights_only=True)
+    head, embedding = moments["exp_avg_sq"]["lm_head.weight"], moments["exp_avg_sq"]["transformer.wte.weight"]
+    assert torch.equal(head, embedding) and head.any()

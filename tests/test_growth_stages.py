@@ -71,6 +71,9 @@ def test_plan_lists_grow_and_train_commands(tmp_path):
     ([{"model_name": "2L128H", "lr_schedule": "constant", "decay_steps": 1}],
      "stage 'stage-1': --decay_steps only shapes the decay of --lr_schedule wsd, not constant"),
     ([{"model_name": "2L128H", "lr_schedule": "wsd", "decay_steps": 2}], "--decay_steps 2 does not fit after the warm-up"),
+    ([{"model_name": "2L128H", "trainable": "new"}], "stage 'stage-1': trainable: new needs a stage that grows"),
+    ([{"model_name": "2L128H"}, {"model_name": "4L128H", "grow": {"op": "stack"}, "trainable": "foo"}],
+     "stage 'stage-2': --trainable 'foo' matches none of the model's"),
 ])
 def test_bad_recipes_are_refused(tmp_path, capsys, stages, message):
     path = recipe(tmp_path, tmp_path, stages)

@@ -41,6 +41,10 @@ def test_width_targets_refused(tmp_path, capsys):
     small_config("gqa", n_embd=128, n_head=8, n_query_groups=4, intermediate_size=320).to_json(tmp_path / "t.json")
     assert_refused(*grow_cli(capsys, *common, "--op", "widen"), "unknown operator")
     assert_refused(*grow_cli(capsys, *common, "--op", "hyperclone", "--layers", "interleave"), "keeps the depth")
+    assert_refused(*grow_cli(capsys, *common, "--op", "learn-width"), "fitted on data: python -m growth learn")
+    small_config("gqa", n_embd=128, n_head=8, n_query_groups=4, intermediate_size=320,
+                 norm_eps=1e-6).to_json(tmp_path / "t.json")  # the exact forms hold for the source's eps only
+    assert_refused(*grow_cli(capsys, *common, "--op", "hyperclone"), "keeps norm_eps, but the target has 1e-06")
     assert not (tmp_path / "o").exists()
 
 

@@ -2,6 +2,8 @@
 both, the function kept exactly where the operator keeps it."""
 
 import math
+import shutil
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from hypothesis import strategies as st
 from growth.width import direct_width, hyperclone, random_width, random_width_masks, zero_width
 from lit_gpt import GPT, rmsnorm
 from lit_gpt.model import growth_mask_factors, set_width_ramps
+from lit_gpt.utils import CheckpointError
+from conftest import ROOT
 from test_growth_width import IDX, config, source_model
 
 
@@ -102,3 +106,48 @@ def test_random_width_on_a_tied_model_is_exact_at_zero_masks_and_its_export_bake
     baked = {k: v * growth_mask_factors(grown).get(k, 1.0) for k, v in grown.state_dict().items()}
     baked["lm_head.weight"] = baked["transformer.wte.weight"]  # what the export writes for a tied model
     assert max_error(grown, grown_model(tgt, baked)) <= 1e-5
+
+
+@pytest.mark.parametrize("op,safetensors", [("zero-depth", True), ("hyperclone", True), ("zero-depth", False)])
+def test_noise_on_a_tied_model_is_drawn_once_for_embedding_and_head(tmp_path, op, safetensors):
+    from safetensors.torch import load_file
+
+    from growth.__main__ import main
+
+    src = config(2, 2, 8, 16, tie_embeddings=True)
+    tgt = config(4, 2, 8, 32, tie_embeddings=True) if op == "hyperclone" else \
+        config(2, 2, 8, 16, tie_embeddings=True, n_layer=4)
+    (tmp_path / "base").mkdir()
+    torch.save(source_model(src).state_dict(), tmp_path / "base" / "lit_model.pth")
+    src.to_json(tmp_path / "base" / "lit_config.json")
+    tgt.to_json(tmp_path / "target.json")
+    assert main(["grow", "--src", str(tmp_path / "base"), "--target", str(tmp_path / "target.json"), "--op", op,
+                 "--noise", "0.1", "--out", str(tmp_path / "out"), *(["--safetensors"] if safetensors else [])]) == 0
+    out = load_file(tmp_path / "out" / "lit_model.safetensors") if safetensors else \
+        torch.load(tmp_path / "out" / "lit_model.pth", weights_only=True)
+    assert torch.equal(out["lm_head.weight"], out["transformer.wte.weight"])
+
+
+def test_weights_of_a_random_growth_never_trained_are_refused_by_the_converter(tmp_path, sample_data):
+    """Their growth masks (0 at first) live apart from the weights: converted alone they are another model."""
+    from growth.__main__ import main
+    from test_families import LIT_TO_HF, run
+
+    sample = dict(tie_embeddings=True, vocab_size=4096)  # the sample tokenizer's, which eval checks
+    src, tgt = config(2, 2, 8, 16, **sample), config(4, 2, 8, 32, **sample)
+    (tmp_path / "base").mkdir()
+    torch.save(source_model(src).state_dict(), tmp_path / "base" / "lit_model.pth")
+    src.to_json(tmp_path / "base" / "lit_config.json")
+    tgt.to_json(tmp_path / "target.json")
+    assert main(["grow", "--src", str(tmp_path / "base"), "--target", str(tmp_path / "target.json"), "--op",
+                 "random-width", "--out", str(tmp_path / "grown")]) == 0
+    code, err = run(LIT_TO_HF, "--checkpoint_path", tmp_path / "grown" / "lit_model.pth", "--out_dir", tmp_path / "hf")
+    assert code == 1 and "random-width-grown weights whose growth masks" in err and not (tmp_path / "hf").exists()
+    code, err = run(LIT_TO_HF, "--checkpoint_path", tmp_path / "base" / "lit_model.pth", "--out_dir", tmp_path / "hf")
+    assert code == 0, err
+    sys.path.insert(0, str(ROOT / "eval"))
+    from checkpoint_info import checkpoint_info  # eval refuses them too
+
+    shutil.copy(ROOT / "data" / "sample" / "tokenizer" / "tokenizer.model", tmp_path / "grown")
+    with pytest.raises(CheckpointError, match="random-width-grown weights whose growth masks"):
+        checkpoint_info(tmp_path / "grown")

@@ -107,7 +107,8 @@ def test_get_lr_follows_the_flags():
                                                    "not fit"),
     (dict(lr_schedule="wsd", lr_decay_steps=50, decay_steps=41), "horizon of 50 steps (--lr_decay_steps)"),
     (dict(lr_schedule="wsd", warmup_steps=200), "leaves 0"),
-    (dict(lr_decay_steps=-1), "--lr_decay_steps cannot be negative"),
+    (dict(lr_decay_steps=-1), "--lr_decay_steps must be at least 1"),
+    (dict(lr_decay_steps=0), "--lr_decay_steps must be at least 1 (leave it out for the run's --max_steps)"),
 ])
 def test_schedule_flags_are_checked_before_any_work(flags, words):
     with pytest.raises(UsageError) as e:
@@ -191,3 +192,12 @@ def test_a_stopped_and_resumed_run_continues_the_same_curve(data_dir, tmp_path):
     expected = [learning_rate(s, "wsd", 3e-3, 3e-4, 2, 8, 3, "cosine") for s in range(8)]
     assert [float(a[s]["lr"]) for s in sorted(a)] == expected
     assert expected[2:5] == [3e-3] * 3 and expected[-1] == 3e-4
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_a_floor_above_the_peak_is_refused(schedule):
+    """A small fine-tuning rate under the default --min_lr (4e-5) would make the 'decay' rise."""
+    args = TrainArgs(max_steps=10, warmup_steps=1, learning_rate=2e-5, lr_schedule=schedule)
+    with pytest.raises(UsageError, match="--min_lr 4e-05 is above --learning_rate 2e-05"):
+        args.check()
+    TrainArgs(max_steps=10, warmup_steps=1, learning_rate=2e-5, lr_schedule="constant").check()

@@ -85,7 +85,11 @@ def test_new_blocks_train_alone_without_optimizer_state_and_resume_bitwise(data_
                                              "--save_interval", 2)],
         ["pretrain/tinyllama.py", *continued(data_dir, grown, tmp_path / "broken", "--max_steps", 4,
                                              "--save_interval", 2, "--resume", "auto")],
+        # a grown run's export still names the new layers (its growth.json), so LLaMA-Pro training goes on from it
+        ["pretrain/tinyllama.py", *continued(data_dir, grown, tmp_path / "again", "--max_steps", 1,
+                                             "--initial_checkpoint", tmp_path / "straight" / "final")],
     ], tmp_path)
+    assert_only_new_blocks_changed(final_weights(tmp_path / "straight"), final_weights(tmp_path / "again"))
     before = torch.load(grown / "grown" / "lit_model.pth", weights_only=True)
     after = final_weights(tmp_path / "straight")
     assert_only_new_blocks_changed(before, after)
