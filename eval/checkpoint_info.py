@@ -81,7 +81,8 @@ def _tokenizer_fix(directory: Path) -> str:
 def checkpoint_info(directory: Union[str, Path]) -> Dict[str, Any]:
     """The config name, the growth record and the training of a checkpoint directory, for eval/run.py's JSON:
     {"config", "growth": growth.json (else training.json's `growth`; None for a model trained from scratch),
-    "training": {tokens, flops, step, total_tokens, scratch_tokens: {exact, paper}} from training.json}, with
+    "training": {tokens, flops, paper_flops, step, total_tokens, scratch_tokens: {exact, paper}} from
+    training.json}, with
     None for what it does not record (tokens: this model's own; total_tokens: its base's and ancestors' too;
     scratch_tokens: the target-model tokens of equal compute, lit_gpt/flops.py).
 
@@ -112,5 +113,6 @@ def checkpoint_info(directory: Union[str, Path]) -> Dict[str, Any]:
     scratch = training.get("scratch_tokens") or {}
     return {"config": config.name, "growth": growth or training.get("growth"),
             "training": {"tokens": training.get("tokens"), "flops": training.get("flops"),
-                         "step": training.get("step"), "total_tokens": training.get("total_tokens"),
+                         "paper_flops": training.get("paper_flops"), "step": training.get("step"),
+                         "total_tokens": training.get("total_tokens"),
                          "scratch_tokens": {"exact": scratch.get("exact"), "paper": scratch.get("paper")}}}

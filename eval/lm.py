@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lit_gpt.convert import expected_shapes  # noqa: E402
+from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.convert import check_tokenizer_vocab, expected_shapes  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 from lit_gpt.utils import CheckpointError, check_state_dict, load_state_dict  # noqa: E402
@@ -137,14 +138,31 @@ def rolling_windows(tokens: List[int], prefix_token: int, max_length: int) -> Li
 class LitGPTLM(TemplateLM):
     """lm-eval model over a lit_gpt checkpoint directory (see the module docstring)."""
 
-    def __init__(self, checkpoint_dir: Union[str, Path], device: str = "cpu",
+    def __init__(self, checkpoint_dir: Union[str, Path, None] = None, device: str = "cpu",
                  dtype: Union[str, torch.dtype] = "float32", batch_size: Union[int, str] = 16,
                  max_length: Optional[int] = None, add_bos_token: Optional[bool] = None,
-                 prefix_token_id: Optional[int] = None, max_gen_toks: int = 256, **_harness_args: Any) -> None:
+                 prefix_token_id: Optional[int] = None, max_gen_toks: int = 256,
+                 state: Optional[Dict[str, torch.Tensor]] = None, config: Optional[Config] = None,
+                 tokenizer_dir: Union[str, Path, None] = None, **_harness_args: Any) -> None:
+        """The model of `checkpoint_dir`, or weights held in memory: `state` (a full state dict) with its
+        `config` and the `tokenizer_dir` it was trained with (a step checkpoint scored without an export).
+
+        Raises:
+            CheckpointError: a missing or unfit checkpoint, tokenizer or weights (one line).
+            ValueError: a bad dtype, batch size, device or max_length."""
         super().__init__()
         # **_harness_args: simple_evaluate also hands every model `max_batch_size` (unused here)
-        self.checkpoint_dir = Path(checkpoint_dir).resolve()
-        self.config = check_checkpoint(self.checkpoint_dir)
+        if state is None:
+            if checkpoint_dir is None:
+                raise ValueError("LitGPTLM needs checkpoint_dir, or state with config and tokenizer_dir")
+            self.checkpoint_dir = Path(checkpoint_dir).resolve()
+            self.config = check_checkpoint(self.checkpoint_dir)
+            tokenizer_dir = self.checkpoint_dir
+        else:
+            if config is None or tokenizer_dir is None:
+                raise ValueError("LitGPTLM with state needs its config and tokenizer_dir")
+            self.checkpoint_dir, self.config = None, config
+            check_tokenizer_vocab(Path(tokenizer_dir), config)
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -159,21 +177,24 @@ class LitGPTLM(TemplateLM):
         if self._device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda was asked for, but torch sees no CUDA device")
         self.dtype = dtype
-        self.tok = EvalTokenizer(self.checkpoint_dir, add_bos_token)
+        self.tok = EvalTokenizer(tokenizer_dir, add_bos_token)
         if self.tok.eos_id is None:
-            raise CheckpointError(f"the tokenizer in {self.checkpoint_dir} has no EOS token")
+            raise CheckpointError(f"the tokenizer in {tokenizer_dir} has no EOS token")
         self._max_length = int(max_length or self.config.block_size)
         if self._max_length > self.config.block_size:
             raise ValueError(f"max_length={self._max_length} exceeds the model's block_size={self.config.block_size}")
         self.custom_prefix_token_id = prefix_token_id
         self._max_gen_toks = int(max_gen_toks)
-        self.model, self.head = self._load_model()
+        self.model, self.head = self._load_model(state)
         self._warned_sampling = False
 
-    def _load_model(self) -> Tuple[nn.Module, nn.Module]:
-        weights = find_weights(self.checkpoint_dir)
-        state = {k.replace("_orig_mod.", ""): v for k, v in load_state_dict(weights).items()}
-        check_state_dict(state, expected_shapes(self.config), str(weights))
+    def _load_model(self, state: Optional[Dict[str, torch.Tensor]]) -> Tuple[nn.Module, nn.Module]:
+        where = "the weights in memory"
+        if state is None:
+            weights = find_weights(self.checkpoint_dir)
+            state, where = load_state_dict(weights), str(weights)
+        state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+        check_state_dict(state, expected_shapes(self.config), where)
         with torch.device(self._device):
             model = GPT(self.config)
         model.load_state_dict(state)

@@ -1,6 +1,8 @@
-"""Evaluate a lit_gpt checkpoint with lm-eval-harness and write one JSON file of results.
+"""Evaluate a lit_gpt checkpoint, or the checkpoints of a training run, with lm-eval-harness.
 
     python eval/run.py --checkpoint_dir out/demo/base/final --tasks sample --out out/demo/eval/base.json
+    python eval/run.py --run out/demo/stack --tasks sample                       # -> out/demo/stack/eval.jsonl
+    python eval/run.py --run out/run --tasks paper --every 10B --device cuda --dtype bfloat16 --out run.jsonl
     python eval/run.py --checkpoint_dir out/run/final --tasks paper --device cuda --dtype bfloat16 --out run.json
     python eval/run.py --checkpoint_dir out/run/final --tasks sample --backend hf --out run-hf.json   # cross-check
 
@@ -15,9 +17,9 @@ HF Llama directory (scripts/convert_lit_checkpoint.py) in a temporary folder and
 model on it, with the same tokenizer settings: both give the same numbers (tests/test_eval_lm.py).
 
 The output (read by eval/table.py):
-    {"checkpoint", "name", "config", "backend", "tasks", "num_fewshot", "limit",
+    {"checkpoint", "name", "config", "backend", "dtype", "tasks", "num_fewshot", "limit",
      "results": simple_evaluate(...)["results"], "growth": the growth record (growth.json) or null,
-     "training": {"tokens", "flops", "step", "total_tokens", "scratch_tokens": {"exact", "paper"}} from
+     "training": {"tokens", "flops", "paper_flops", "step", "total_tokens", "scratch_tokens": {"exact", "paper"}} from
      training.json (nulls when absent): tokens are the model's own, total_tokens include its base's (and
      their bases'), scratch_tokens are the target-model tokens of equal compute in both conventions}
 written atomically (honouring the umask). An existing --out is replaced only with --force. A missing
@@ -26,17 +28,23 @@ scripts/export_checkpoint.py has) or with another tokenizer than its training.js
 growth.json with a field of the wrong type or a count that is not a finite number >= 0 (lit_gpt/records.py's
 checks), an unknown task, an --out that cannot be written or a bad argument is reported as one `error:` line
 with exit code 1, before the evaluation starts, and nothing is written.
+
+--run scores a run along its training (eval/along.py): its complete step-NNNNNNNN checkpoints, each read into
+memory (nothing is written beside the run), and its final/ export where no step checkpoint has that step; --every
+or --steps choose among them. Each scored checkpoint appends one line to --out (default RUN/eval.jsonl) as soon as
+it is scored: the object above for that checkpoint plus "run" and "checkpoint_id".
+A rerun skips the checkpoints scored with the same settings (tasks, num_fewshot, limit, backend, dtype), so a
+killed scoring resumes where it stopped and a run still training gets its new checkpoints scored; a checkpoint the
+run prunes (--keep_last) before it is read is skipped with a warning. A step checkpoint of a random-* growth whose
+masks still ramp is refused (the masks are not in its weights): score such runs during training (pretrain
+--eval_tasks) or after the ramp. eval/plot.py and eval/speedup.py read the file (eval/series.py).
 """
 
 import argparse
-import importlib.util
 import json
-import logging
-import math
-import os
-import re
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -47,139 +55,18 @@ for path in (str(ROOT), str(EVAL_DIR)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from lit_gpt.exits import exit_code, guard_command  # noqa: E402
+from lit_gpt.exits import error_line, exit_code, guard_command  # noqa: E402
 
 if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
     guard_command()
 
-from lit_gpt.cli import ArgumentParser  # noqa: E402
+from lit_gpt.cli import ArgumentParser, whole_count  # noqa: E402
 from lit_gpt.data_record import check_checkpoint_tokenizer  # noqa: E402
 from lit_gpt.files import check_writable_target, write_text  # noqa: E402
+from lit_gpt.tokenizer import has_tokenizer  # noqa: E402
+from lit_gpt.utils import CheckpointError  # noqa: E402
 
-PAPER_TASKS = ["lambada_openai", "arc_challenge", "arc_easy", "logiqa", "piqa", "sciq", "winogrande", "wikitext"]
-SAMPLE_TASKS_DIR = EVAL_DIR / "tasks"
-TASK_NAME = re.compile(r"^[A-Za-z0-9_.\-*]+$")
-
-
-def parse_tasks(spec: str) -> List[str]:
-    names = [t.strip() for t in spec.split(",")]
-    if not spec.strip() or any(not t for t in names):
-        raise ValueError(f"--tasks {spec!r}: give task names separated by commas, e.g. 'paper' or 'arc_easy,piqa'")
-    bad = [t for t in names if not TASK_NAME.match(t)]
-    if bad:
-        raise ValueError(f"--tasks: {bad[0]!r} is not a task name")
-    out: List[str] = []
-    for name in names:
-        for t in PAPER_TASKS if name == "paper" else [name]:
-            if t not in out:
-                out.append(t)
-    return out
-
-
-def _scan_task_files(root: Path, names: List[str]):
-    """For each name: the folders under `root` holding a YAML file with the line `task: NAME`, and whether any
-    YAML file mentions it at all (a name that appears nowhere is unknown). Reading the files takes a few
-    seconds, where lm-eval's index of all ~14k built-in task files takes ~30 s."""
-    task_line = {n: re.compile(rb"^\s*task:\s*['\"]?" + re.escape(n.encode()) + rb"['\"]?\s*$", re.MULTILINE)
-                 for n in names}
-    word = {n: re.compile(rb"(?<![\w\-.])" + re.escape(n.encode()) + rb"(?![\w\-.])") for n in names}
-    dirs: Dict[str, set] = {n: set() for n in names}
-    mentioned = {n: False for n in names}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        for f in filenames:
-            if f.endswith(".yaml"):
-                text = Path(dirpath, f).read_bytes()
-                for n in names:
-                    if not mentioned[n] and word[n].search(text):
-                        mentioned[n] = True
-                    if task_line[n].search(text):
-                        dirs[n].add(dirpath)
-    return dirs, mentioned
-
-
-def _outermost(dirs) -> List[str]:
-    """The folders not inside another one of them (lm-eval indexes each include path recursively)."""
-    paths = sorted({Path(d) for d in dirs})
-    return [str(p) for p in paths if not any(q != p and q in p.parents for q in paths)]
-
-
-def task_manager_for(names: List[str], include_paths: List[Path]):
-    """A TaskManager that knows every name, indexing as little of lm-eval's task folder as it can."""
-    import lm_eval.tasks
-    from lm_eval.tasks import TaskManager
-
-    local_paths = [str(p) for p in include_paths]
-    local = TaskManager(include_path=local_paths, include_defaults=False)
-    missing = [n for n in names if n not in local.all_tasks]
-    if not missing:
-        return local
-    dirs, mentioned = _scan_task_files(Path(lm_eval.tasks.__file__).parent, missing)
-    unknown = [n for n in missing if not mentioned[n]]
-    if unknown:
-        raise _unknown(unknown, local)
-    if all(dirs[n] for n in missing):
-        # plain tasks: their YAML (and what it includes, by relative path) is all lm-eval needs
-        restricted = TaskManager(include_path=_outermost(set().union(*dirs.values())) + local_paths,
-                                 include_defaults=False)
-        if all(n in restricted.all_subtasks for n in missing):
-            return restricted
-    full = TaskManager(include_path=local_paths)  # groups and tags can span the whole task folder
-    unknown = [n for n in missing if n not in full.all_tasks]
-    if unknown:
-        raise _unknown(unknown, full)
-    return full
-
-
-def _unknown(names: List[str], manager) -> ValueError:
-    local = sorted(n for n in manager.all_tasks if n.startswith("sample"))
-    return ValueError(f"unknown task{'s' if len(names) > 1 else ''}: {', '.join(names)} "
-                      f"(offline sample tasks: {', '.join(local)}; list lm-eval's with `lm-eval ls tasks`)")
-
-
-def load_tasks(task_manager, names: List[str]) -> list:
-    """Task and Group objects, built (datasets loaded) before any model is: data problems fail fast."""
-    objects = []
-    for name in names:
-        try:
-            loaded = task_manager.load([name])
-        except Exception as e:  # noqa: BLE001 - datasets and lm-eval raise many kinds; reported as one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise ValueError(f"cannot load task {name!r}: {type(e).__name__}: {first[:300]}") from None
-        if name in loaded["groups"]:
-            objects.append(loaded["groups"][name])
-        elif name in loaded["tasks"]:
-            objects.append(loaded["tasks"][name])
-        else:  # a tag: its tasks
-            objects.extend(loaded["tasks"].values())
-    return objects
-
-
-def export_hf(checkpoint: Path, out_dir: Path) -> None:
-    """The checkpoint as an HF Llama directory, written by the converter users run themselves."""
-    from checkpoint_info import find_weights
-
-    script = ROOT / "scripts" / "convert_lit_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_lit_checkpoint", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.convert_lit_checkpoint(find_weights(checkpoint), out_dir)
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and infinities become null (strict JSON); numpy scalars become numbers; anything else a string."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return json_safe(value.item())
-    return str(value)
-
+from scoring import PAPER_TASKS, Scorer, export_hf, json_safe, parse_tasks  # noqa: E402,F401 - this module's API
 
 def check_output(path: Path, force: bool, checkpoint: Optional[Path] = None) -> None:
     """Fails now rather than after the evaluation: `path` exists (without `force`), is a directory, or its
@@ -213,90 +100,170 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
-class _DropNoise(logging.Filter):
-    """lm-eval warns on every task with a custom_dataset loader, which all sample tasks use by design."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
+def scorer(args: argparse.Namespace) -> Scorer:
+    return Scorer(args.tasks, args.include_path or [], args.num_fewshot, args.limit, args.batch_size,
+                  args.bootstrap_iters, args.device, args.dtype, args.backend)
 
 
 def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
-    tasks = parse_tasks(args.tasks)
-    if args.num_fewshot is not None and args.num_fewshot < 0:
-        raise ValueError(f"--num_fewshot must be >= 0, not {args.num_fewshot}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, not {args.limit}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, not {args.batch_size}")
-    if args.bootstrap_iters < 0:
-        raise ValueError(f"--bootstrap_iters must be >= 0, not {args.bootstrap_iters}")
-    include_paths = [SAMPLE_TASKS_DIR]
-    for p in args.include_path or []:
-        if not p.is_dir():
-            raise FileNotFoundError(f"--include_path {p} is not a directory")
-        include_paths.append(p.resolve())
+    """eval/run.py's JSON for --checkpoint_dir (module docstring)."""
+    parse_tasks(args.tasks)
     checkpoint = args.checkpoint_dir.resolve()
     if checkpoint.is_file():  # the weights file itself: its folder holds the rest
         checkpoint = checkpoint.parent
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: torch sees no CUDA device")
-
     from checkpoint_info import checkpoint_info
-    from lm import EvalTokenizer, LitGPTLM
 
     info = checkpoint_info(checkpoint)  # missing checkpoint, config or tokenizer: one line, before any work
     check_checkpoint_tokenizer(checkpoint)
+    tasks = scorer(args)
+    results = tasks.score(checkpoint)
+    return {"checkpoint": str(checkpoint), "name": args.name or checkpoint.name, "config": info["config"],
+            **tasks.settings(), "results": results, "growth": info["growth"], "training": info["training"]}
 
-    import lm_eval
 
-    logging.getLogger("lm_eval.api.task").addFilter(_DropNoise())
-    task_manager = task_manager_for(tasks, include_paths)
-    task_objects = load_tasks(task_manager, tasks)
+def evaluate_run(args: argparse.Namespace) -> None:
+    """--run: scores the chosen checkpoints of a run not scored yet with these settings, appending a record for
+    each to --out as soon as it is scored (eval/along.py). A step checkpoint that is gone (pruned by the run) or
+    cannot be scored (damaged, growth masks still ramping) is skipped with a warning, or replaced by final/ when
+    that is the same step."""
+    import along
 
-    with tempfile.TemporaryDirectory(prefix="lit-gpt-hf-") as tmp:
-        if args.backend == "ours":
-            model = LitGPTLM(checkpoint, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
-        else:
-            from lm_eval.models.huggingface import HFLM
+    run_dir = args.run.resolve()
+    candidates = along.choose(along.run_checkpoints(run_dir), args.every, args.steps)
+    if args.tokenizer_dir is not None and not has_tokenizer(args.tokenizer_dir):
+        raise ValueError(f"--tokenizer_dir {args.tokenizer_dir}: no tokenizer.model or tokenizer.json there; give "
+                         "the folder of the tokenizer the run trained with")
+    out = args.out or run_dir / "eval.jsonl"
+    check_appendable(out, run_dir)
+    warn = partial(print, file=sys.stderr, flush=True)
+    tasks = scorer(args)
+    with along.Output(out, warn) as output:
+        scored = {along.settings_key(r) for r in output.records}
+        todo = [c for c in candidates
+                if along.settings_key({**tasks.settings(), "checkpoint_id": c.checkpoint_id}) not in scored]
+        print(f"{run_dir}: {len(candidates)} checkpoint(s) chosen, {len(candidates) - len(todo)} scored already, "
+              f"{len(todo)} to score into {out}", file=sys.stderr, flush=True)
+        for i, c in enumerate(todo, 1):
+            scored_one = score_candidate(c, run_dir, tasks, args.tokenizer_dir, warn)
+            if scored_one is None:
+                continue
+            path, info, results = scored_one
+            output.append(json_safe({"run": str(run_dir), "checkpoint": str(path), "checkpoint_id": c.checkpoint_id,
+                                     "name": args.name or run_dir.name, "config": info["config"],
+                                     **tasks.settings(), "results": results, "growth": info["growth"],
+                                     "training": info["training"]}))
+            summary = ", ".join(f"{t} {k.split(',')[0]} {v:.4g}" for t, m in results.items() for k, v in m.items()
+                                if k.split(",")[0] in ("acc", "word_perplexity") and isinstance(v, float))
+            print(f"[{i}/{len(todo)}] step {c.step} ({c.tokens:,} tokens): {summary}", file=sys.stderr, flush=True)
+    print(f"wrote {out}", file=sys.stderr)
 
-            hf_dir = Path(tmp) / "hf"
-            export_hf(checkpoint, hf_dir)
-            # the adapter's BOS decision, stated explicitly: transformers' default has changed across versions
-            add_bos = EvalTokenizer(checkpoint).add_bos
-            model = HFLM(pretrained=str(hf_dir), dtype=args.dtype, device=args.device, batch_size=args.batch_size,
-                         add_bos_token=add_bos)
-        output = lm_eval.simple_evaluate(model=model, tasks=task_objects, task_manager=task_manager,
-                                         num_fewshot=args.num_fewshot, limit=args.limit,
-                                         bootstrap_iters=args.bootstrap_iters, log_samples=False)
-    return {
-        "checkpoint": str(checkpoint),
-        "name": args.name or checkpoint.name,
-        "config": info["config"],
-        "backend": args.backend,
-        "tasks": tasks,
-        "num_fewshot": args.num_fewshot,
-        "limit": args.limit,
-        "results": json_safe(output["results"]),
-        "growth": info["growth"],
-        "training": info["training"],
-    }
+
+def score_candidate(c, run_dir: Path, tasks: Scorer, tokenizer_dir: Optional[Path], warn):
+    """(the checkpoint scored, its info, lm-eval's results) of one candidate of eval/along.py, or None when a step
+    checkpoint was skipped (the warning says why).
+
+    Raises:
+        CheckpointError: final/ cannot be scored; OSError: a read failed with the checkpoint still there."""
+    from checkpoint_info import checkpoint_info
+    import along
+
+    if c.kind == "final":
+        return c.path, checkpoint_info(c.path), tasks.score(c.path)
+    try:
+        state, config, tokenizer, info = along.load_candidate(c, tokenizer_dir)
+        return c.path, info, tasks.score(state=state, config=config, tokenizer_dir=tokenizer)
+    except (OSError, CheckpointError) as e:
+        if not c.path.exists():  # pruned (--keep_last) by the training run before or while it was read
+            warn(f"warning: {c.path} is gone (the run pruned it?): skipped; the checkpoints of a run that prunes "
+                 "them are scored while it trains (rerun this now and then), or with --eval_tasks in training")
+            return None
+        if not isinstance(e, CheckpointError):
+            raise
+        final = run_dir / "final"
+        if along.final_step(run_dir) == c.step:
+            warn(f"warning: {c.path}: {error_line(e)}; scored final/ (the same step) instead")
+            return final, checkpoint_info(final), tasks.score(final)
+        warn(f"warning: {c.path} skipped: {error_line(e)}")
+        return None
+
+
+def check_appendable(out: Path, run_dir: Path) -> None:
+    """--out of --run: a file that can be appended to, not inside a checkpoint of the run.
+
+    Raises:
+        ValueError: naming --out and the fix."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file path (default: RUN/eval.jsonl)")
+    for part in [out.resolve(), *out.resolve().parents]:
+        if part.parent == run_dir and (part.name == "final" or along_step(part.name)):
+            raise ValueError(f"--out {out} lies in {part}, a checkpoint of the run; give a path outside it")
+    if out.exists():
+        return
+    check_output(out, False)
+
+
+def along_step(name: str) -> bool:
+    from lit_gpt.checkpoint import STEP_DIR
+
+    return bool(STEP_DIR.match(name))
 
 
 def run(args: argparse.Namespace) -> None:
+    if (args.checkpoint_dir is None) == (args.run is None):
+        raise ValueError("give one of --checkpoint_dir (one checkpoint, --out FILE.json) and --run (a run's "
+                         "checkpoints, --out FILE.jsonl)")
+    if args.run is None and (args.every is not None or args.steps is not None):
+        raise ValueError("--every and --steps choose checkpoints of --run RUN_DIR; with --checkpoint_dir drop them")
+    if args.every is not None and args.steps is not None:
+        raise ValueError("give at most one of --every and --steps")
+    if args.run is not None:
+        if args.force:
+            raise ValueError("--force replaces a --checkpoint_dir result; --run appends to --out and skips what it "
+                             "holds (delete the file to score everything again)")
+        evaluate_run(args)
+        return
+    if args.out is None:
+        raise ValueError("--checkpoint_dir needs --out FILE.json")
     check_output(args.out, args.force, args.checkpoint_dir)
     data = evaluate(args)
     write_json(args.out, data)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
+def positive_count(text: str) -> int:
+    value = whole_count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1 token")
+    return value
+
+
+def step_list(text: str) -> List[int]:
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give steps as whole numbers separated by commas") from None
+    if any(s < 0 for s in steps):
+        raise argparse.ArgumentTypeError(f"{text!r}: steps cannot be negative")
+    return steps
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint_dir", "--checkpoint", type=Path, required=True,
-                   help="checkpoint directory: lit_model.pth or lit_model.safetensors, lit_config.json and the "
+    p.add_argument("--checkpoint_dir", "--checkpoint", type=Path, default=None,
+                   help="one checkpoint directory: lit_model.pth or lit_model.safetensors, lit_config.json and the "
                         "tokenizer files; growth.json and training.json are copied into the output when present")
+    p.add_argument("--run", type=Path, default=None,
+                   help="instead of --checkpoint_dir: a training run's --out_dir; each chosen step-NNNNNNNN checkpoint "
+                        "(read into memory, no export written) and final/ is scored, one JSON line each appended to "
+                        "--out; checkpoints scored already with the same settings are skipped")
+    p.add_argument("--every", type=positive_count, default=None,
+                   help="with --run: the first checkpoint at or past every multiple of this many tokens of the run's "
+                        "own (e.g. 50M, 2e9), and the last one (default: every checkpoint)")
+    p.add_argument("--steps", type=step_list, default=None,
+                   help="with --run: exactly these steps, comma-separated (e.g. 1000,2000)")
+    p.add_argument("--tokenizer_dir", type=Path, default=None,
+                   help="with --run: the tokenizer the run trained with (default: where the run found it, from "
+                        "its meta.json)")
     p.add_argument("--tasks", required=True,
                    help="comma-separated lm-eval task/group/tag names; 'paper' = " + ",".join(PAPER_TASKS) +
                         "; the offline sample tasks are sample_mc, sample_cloze, sample_ppl (group: sample)")
@@ -317,8 +284,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--bootstrap_iters", type=int, default=1000,
                    help="bootstrap resamples for the stderr of perplexity metrics (default 1000; lm-eval's CLI uses "
                         "100000; 0 skips stderrs)")
-    p.add_argument("--out", type=Path, required=True, help="the JSON file to write")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--out", type=Path, default=None,
+                   help="--checkpoint_dir: the JSON file to write (required); --run: the JSON Lines file to append "
+                        "to (default RUN/eval.jsonl)")
+    p.add_argument("--force", action="store_true", help="--checkpoint_dir: replace --out if it exists")
     return p
 
 

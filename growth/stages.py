@@ -55,7 +55,8 @@ GROW_KEYS = {"op", "layers", "noise", "seed", "split", "init", "clone_noise", "s
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainArgs)}
 # how a stage runs, not what it computes: changing these after a stage ran does not make it stale
 RUN_ONLY_KEYS = {"devices", "num_nodes", "strategy", "compile", "activation_checkpointing", "collective_timeout",
-                 "keep_last", "save_interval", "log_interval", "logger", "resume"}
+                 "keep_last", "save_interval", "log_interval", "logger", "resume", "eval_tasks",
+                 "eval_tasks_interval", "eval_tasks_limit"}
 RECORD = "stage.json"
 
 

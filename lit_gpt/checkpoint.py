@@ -301,22 +301,25 @@ def check_config(path: Path, config: Config) -> None:
 def export_weights(fabric, model: torch.nn.Module, config: Config, out_dir: Path,
                    tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None,
                    growth: Optional[Dict[str, Any]] = None) -> None:
-    """Collective: gathers full weights and writes them with `write_weights` (rank 0).
+    """Collective: gathers full weights (`full_weights`) and writes them with `write_weights` (rank 0)."""
+    state = full_weights(model, config)
+    on_rank_zero(fabric, lambda: write_weights(state, config, out_dir, tokenizer_dir, training, growth))
 
-    Growth masks still ramping (random-depth, random-width) are baked into the weights: the export computes
-    what the masked model computed, without the masks."""
+
+def full_weights(model: torch.nn.Module, config: Config) -> Dict[str, torch.Tensor]:
+    """Collective: the model's full state dict in CPU memory on rank 0 (an empty dict on the other ranks), as
+    the weights alone should compute it: growth masks still ramping (random-depth, random-width) are baked in,
+    and a tied head is the embedding's tensor (the gathered dict holds two equal copies)."""
     from lit_gpt.model import growth_mask_factors
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def write() -> None:
-        for key, factor in growth_mask_factors(model).items():
-            state[key] = (state[key].float() * factor).to(state[key].dtype)
-        if config.tie_embeddings:  # the full state dict holds two equal copies: write one tensor, as the model has
-            state["lm_head.weight"] = state["transformer.wte.weight"]
-        write_weights(state, config, out_dir, tokenizer_dir, training, growth)
-
-    on_rank_zero(fabric, write)
+    if not state:
+        return state
+    for key, factor in growth_mask_factors(model).items():
+        state[key] = (state[key].float() * factor).to(state[key].dtype)
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state
 
 
 def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
@@ -383,6 +386,12 @@ def check_masks_baked(directory: Path) -> None:
         raise CheckpointError(f"{directory} holds {record['operator']}-grown weights whose growth masks (0 at first, "
                               "held apart from the weights) make the model; train it with pretrain/tinyllama.py "
                               "--initial_checkpoint and use the run's final/ export, which has them baked in")
+
+
+def run_hparams(path: Path) -> Dict[str, Any]:
+    """The flags a training checkpoint's run was started with (meta.json's `hparams`; {} in checkpoints that
+    predate it)."""
+    return json.loads((path / "meta.json").read_text()).get("hparams") or {}
 
 
 def run_growth(meta: Dict[str, Any], where: Path) -> Optional[Dict[str, Any]]:
@@ -469,7 +478,7 @@ def consolidate_optimizer(path: Path) -> Dict[str, Any]:
     saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
     absent = [f"optimizer.state.{name}.{key}" for name, moments in template.items() for key in moments
               if f"optimizer.state.{name}.{key}" not in saved]
-    froze = (json.loads((path / "meta.json").read_text()).get("hparams") or {}).get("trainable", "all") != "all"
+    froze = run_hparams(path).get("trainable", "all") != "all"
     if absent and not froze or len(absent) == 3 * len(template):
         raise CheckpointError(f"{path} holds no AdamW state for some parameter its run trained (no {absent[0]}); "
                               "a checkpoint saved before the first optimizer step has none")

@@ -36,7 +36,8 @@ def format_duration(seconds: float) -> str:
 
 class MetricsLogger:
     """metrics.csv (always), plus TensorBoard or wandb; rank 0 only. A resume drops rows past its step and
-    rewrites the header: rows of a file written before a column existed keep it empty."""
+    rewrites the header: rows of a file written before a column existed keep it empty. A row with a column the
+    file lacks (downstream scores TASK/METRIC, pretrain/downstream.py) rewrites the file with it added."""
 
     # flops: exact, cumulative, the base's included; paper_flops: the paper's 6 N D (lit_gpt/flops.py)
     COLUMNS = ["step", "tokens", "flops", "paper_flops", "train_loss", "val_loss", "val_ppl", "lr", "tokens_per_sec",
@@ -45,15 +46,14 @@ class MetricsLogger:
     def __init__(self, out_dir: Path, kind: str, resume_step: Optional[int], run_name: str) -> None:
         """Raises OSError naming the file or directory that cannot be written."""
         self.path = out_dir / "metrics.csv"
+        self.columns = list(self.COLUMNS)
         rows = []
         if resume_step is not None and self.path.is_file():
             with self.path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, self.COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(self.path, text.getvalue())  # whole or not at all: a full disk loses no rows
+                reader = csv.DictReader(f)
+                self.columns += [c for c in reader.fieldnames or [] if c not in self.columns]
+                rows = [r for r in reader if int(r["step"]) <= resume_step]
+        self._rewrite(rows)
         self.backend = None
         if kind == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
@@ -65,11 +65,24 @@ class MetricsLogger:
 
             self.backend = wandb.init(project="tinyllama-growth", name=run_name, dir=str(out_dir), resume="allow")
 
+    def _rewrite(self, rows) -> None:
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, self.columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.path, text.getvalue())  # whole or not at all: a full disk loses no rows
+
     def log(self, metrics: Dict[str, float]) -> None:
         """Raises OSError naming metrics.csv or the TensorBoard directory when a write fails (a full disk)."""
+        added = [k for k in metrics if k not in self.columns]
+        if added:
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.columns += added
+            self._rewrite(rows)
         try:
             with self.path.open("a", newline="") as f:
-                csv.DictWriter(f, self.COLUMNS).writerow({k: metrics.get(k, "") for k in self.COLUMNS})
+                csv.DictWriter(f, self.columns).writerow({k: metrics.get(k, "") for k in self.columns})
         except OSError as e:  # a failed write to an open file names no file
             raise OSError(e.errno, f"cannot append a row: {e.strerror or e}", str(self.path)) from None
         step = int(metrics["step"])

@@ -57,14 +57,21 @@ def model_config(args: TrainArgs) -> Config:
                              "pass --model_name NAME_OR_JSON")
         source = beside
     else:
-        resumed = ckpt.find_resumable(Path(args.out_dir), lambda line: None) if args.resume == "auto" else (
-            Path(args.resume) if args.resume else None)
+        resumed = resumed_checkpoint(args)
         source = resumed / "lit_config.json" if resumed is not None else None
     if source is None or not source.is_file():  # a resume without a config is reported by its own check
         args.model_name = DEFAULT_MODEL
         return Config.from_name(DEFAULT_MODEL)
     args.model_name = str(source)
     return Config.from_json(source)
+
+
+def resumed_checkpoint(args: TrainArgs) -> Optional[Path]:
+    """The checkpoint a resume reads, as the start-up checks see it: --resume's path, or for `auto` the newest
+    undamaged one in out_dir (found quietly: `tinyllama.resume_point` warns once, on rank 0); None without one."""
+    if args.resume == "auto":
+        return ckpt.find_resumable(Path(args.out_dir), lambda line: None)
+    return Path(args.resume) if args.resume else None
 
 
 def _config_beside_initial(args: TrainArgs) -> Optional[Path]:
@@ -103,8 +110,7 @@ def trainable_growth(args: TrainArgs) -> dict:
     if args.initial_checkpoint:
         growth = initial_weights_path(args).parent / "growth.json"
         return ckpt.read_record(growth, check_growth_record) if growth.is_file() else {}
-    resumed = ckpt.find_resumable(Path(args.out_dir), lambda line: None) if args.resume == "auto" else (
-        Path(args.resume) if args.resume else None)
+    resumed = resumed_checkpoint(args)
     if resumed is None or not (resumed / "meta.json").is_file():
         return {}
     return ckpt.run_growth(json.loads((resumed / "meta.json").read_text()), resumed / "meta.json") or {}

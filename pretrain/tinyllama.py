@@ -14,7 +14,6 @@ Exit codes: 0 finished (final/ written) or requeued by slurm; 1 error (one `erro
 138 SIGUSR1 without requeue, 143 SIGTERM).
 """
 
-import json
 import math
 import os
 import random
@@ -39,25 +38,21 @@ import torch  # noqa: E402
 from lit_gpt import Config, FusedCrossEntropyLoss  # noqa: E402
 from lit_gpt.config import param_count  # noqa: E402
 from lit_gpt import checkpoint as ckpt  # noqa: E402
-from lit_gpt.convert import expected_shapes  # noqa: E402
-from lit_gpt.data_record import DataTokenizer, check_training_data  # noqa: E402
 from lit_gpt.distributed import (Agreement, RankFailure, Stopped, StoppedEarly, Watchdog,  # noqa: E402
-                                 check_slurm_layout, externally_launched, launch_local, launch_rank, on_rank_zero,
+                                 externally_launched, launch_local, launch_rank, on_rank_zero,
                                  STOP_SIGNALS, stop_early_on_signals, stop_reported)
 from lit_gpt.global_batches import GlobalBatchLoader  # noqa: E402
 from lit_gpt.kernels import describe  # noqa: E402
 from lit_gpt.lr_schedule import DEFAULT_DECAY_SHAPE, learning_rate, wsd_decay_steps  # noqa: E402
-from lit_gpt.materialize import open_weights  # noqa: E402
 from lit_gpt.model import set_width_ramps  # noqa: E402
-from lit_gpt.packed_dataset import HDR_SIZE, CombinedDataset, PackedDataset, read_header  # noqa: E402
+from lit_gpt.packed_dataset import CombinedDataset, PackedDataset  # noqa: E402
 from lit_gpt.flops import flops_per_token, run_accounting  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, format_duration  # noqa: E402
-from lit_gpt.files import missing  # noqa: E402
-from lit_gpt.utils import check_state_dict  # noqa: E402
-from pretrain.parallel import (growth_record, initial_weights_path, make_fabric, model_config, setup_model,  # noqa: E402
-                              trainable_growth)
-from pretrain.train_args import TrainArgs, UsageError  # noqa: E402
-from pretrain.trainable import trainable_names  # noqa: E402
+from pretrain.downstream import DownstreamEval  # noqa: E402
+from pretrain.parallel import growth_record, initial_weights_path, make_fabric, setup_model  # noqa: E402
+from pretrain.preflight import data_files, data_tokenizer, make_out_dir, validate  # noqa: E402
+from pretrain.train_args import TrainArgs  # noqa: E402
+
 
 def get_lr(step: int, args: TrainArgs, max_steps: int) -> float:
     """The rate of optimizer step `step` under --lr_schedule (lit_gpt/lr_schedule.py); the horizon is
@@ -66,93 +61,6 @@ def get_lr(step: int, args: TrainArgs, max_steps: int) -> float:
     decay = wsd_decay_steps(horizon, args.decay_steps, args.decay_fraction) if args.lr_schedule == "wsd" else 0
     return learning_rate(step, args.lr_schedule, args.learning_rate, args.min_lr, args.warmup_steps, horizon,
                          decay, args.decay_shape or DEFAULT_DECAY_SHAPE)
-
-
-def data_files(directory: Path, prefix: str, check: bool = False) -> list:
-    files = sorted(directory.glob(f"{prefix}*.bin"))
-    if not files:
-        raise UsageError(f"no {prefix}*.bin files in {directory}; prepare data with scripts/prepare_slimpajama.py")
-    for f in files if check else ():
-        dtype, chunk_size = read_header(f)  # a corrupt header fails here, not hours into the run
-        if f.stat().st_size != HDR_SIZE + chunk_size * dtype.itemsize:
-            raise UsageError(f"{f}: {f.stat().st_size} bytes, its header promises {chunk_size} tokens; truncated?")
-    return files
-
-
-def data_tokenizer(args: TrainArgs, config: Config) -> DataTokenizer:
-    """The run's tokenizer (--tokenizer_dir, else the one the data's records name, else
-    <train_data_dir>/../tokenizer), checked against the data's records and the model's vocabulary."""
-    files = [f for prefix in args.data_prefixes for f in data_files(Path(args.train_data_dir), prefix)]
-    if args.eval_interval:
-        files += data_files(Path(args.val_data_dir or args.train_data_dir), args.val_prefix)
-    return check_training_data(files, args.tokenizer_dir, config, Path(args.train_data_dir).parent / "tokenizer")
-
-
-def validate(args: TrainArgs) -> Config:
-    """Everything that can be checked before processes start and memory is spent."""
-    args.check()
-    check_out_dir(args)
-    config = model_config(args)
-    args.check_schedule(args.run_steps(args.block_size or config.block_size))  # --max_tokens: steps known now
-    for flag, d in (("--train_data_dir", args.train_data_dir), ("--val_data_dir", args.val_data_dir)):
-        if d is not None and (why := missing(d, "directory")):
-            raise UsageError(f"{flag} {d}: {why}; give the directory of the packed *.bin files")
-    for prefix in args.data_prefixes:
-        data_files(Path(args.train_data_dir), prefix, check=True)
-    if args.eval_interval:
-        data_files(Path(args.val_data_dir or args.train_data_dir), args.val_prefix, check=True)
-    if args.data_weights and len(args.data_weights) != len(args.data_prefixes):
-        raise UsageError("--data_weights needs one weight per --data_prefixes entry")
-    data_tokenizer(args, config)
-    try:
-        check_slurm_layout(args.devices, args.num_nodes)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if args.num_nodes > 1 and not externally_launched():
-        raise UsageError(f"--num_nodes {args.num_nodes} needs a launcher that starts the processes of every node: "
-                         "srun (scripts/slurm/pretrain.sbatch) or torchrun --nnodes")
-    if args.block_size and args.block_size > config.block_size:
-        raise UsageError(f"--block_size {args.block_size} exceeds the model's block_size {config.block_size}")
-    if args.initial_checkpoint:
-        check_state_dict(open_weights(initial_weights_path(args)), expected_shapes(config),
-                         f"--initial_checkpoint {args.initial_checkpoint}")
-    if args.trainable != "all":  # building the names costs seconds per thousand layers: only when used
-        trainable_names(args.trainable, expected_shapes(config), trainable_growth(args))
-    moments = args.initial_checkpoint and initial_weights_path(args).parent / "optimizer_moments.pth"
-    if args.optimizer_state == "carry" and not (moments and moments.is_file()):
-        raise UsageError("--optimizer_state carry needs --initial_checkpoint DIR holding optimizer_moments.pth: "
-                         "grow it with `python -m growth grow --carry_optimizer` from a training checkpoint")
-    if args.resume and args.resume != "auto":
-        path = Path(args.resume)
-        try:
-            ckpt.check_intact(path)  # damage is found here, before processes start and the model is built
-        except ValueError as e:
-            raise UsageError(f"--resume: {e}") from None
-        ckpt.check_config(path, config)
-        check_same_run(path, args)
-    elif args.resume == "auto" and (latest := ckpt.find_resumable(Path(args.out_dir), lambda line: None)):
-        ckpt.check_config(latest, config)  # its warnings come from `resume_point`, once, on rank 0
-        check_same_run(latest, args)
-    return config
-
-
-def check_same_run(path: Path, args: TrainArgs) -> None:
-    """What a resume needs from the command beyond the checkpoint: the same --trainable (its optimizer holds state
-    for those parameters only), and the --initial_checkpoint of a random-* grown run whose masks still ramp (they
-    are built from the growth record and mask file beside it, not saved in the checkpoint)."""
-    hparams = json.loads((path / "meta.json").read_text()).get("hparams") or {}
-    saved = hparams.get("trainable", "all")
-    if saved != args.trainable:
-        raise UsageError(f"{path} was trained with --trainable {saved}, this run asks for {args.trainable}; resume "
-                         f"with --trainable {saved} (its optimizer holds state for those parameters only), or start "
-                         "a new run from its weights with --initial_checkpoint")
-    if not args.initial_checkpoint:
-        try:
-            ckpt.check_masks_settled(path)
-        except ckpt.CheckpointError:
-            raise UsageError(f"{path} is a run whose growth masks still ramp, built from the growth record beside "
-                             f"its --initial_checkpoint: resume with --initial_checkpoint "
-                             f"{hparams.get('initial_checkpoint')} as the run started") from None
 
 
 def resume_point(fabric, args: TrainArgs, out_dir: Path) -> Optional[Path]:
@@ -274,6 +182,11 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     log(f"{config.name} | {strategy_name} x{world} | {args.precision} | global batch "
         f"{args.global_batch_size} x {block} tokens, accumulation {accumulation} | {max_steps} steps")
     log(f"kernels: {describe(fabric.device, torch.bfloat16 if 'bf16' in args.precision else torch.float32)}")
+    downstream = None
+    if args.eval_tasks:
+        watchdog.phase(f"loading the tasks of --eval_tasks {args.eval_tasks}")
+        downstream = DownstreamEval(fabric, args.eval_tasks, args.eval_tasks_interval, args.eval_tasks_limit,
+                                    tokenizer.directory, "bfloat16" if "bf16" in args.precision else "float32")
 
     if record and (record.get("base_total_tokens") is None or record.get("base_scratch_tokens_paper") is None):
         log("warning: the growth record does not give the base's total tokens and paper-convention cost (a base "
@@ -341,7 +254,13 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
             val = validate_loss(fabric, model, args, block, loss_fn)
             row.update(val_loss=val, val_ppl=math.exp(min(val, 50)))
             log(f"step {step}: val loss {val:.4f}, val ppl {row['val_ppl']:.2f}")
-        if step % args.log_interval == 0 or "val_loss" in row or step == max_steps:
+        scores = {}
+        if downstream and downstream.due(step, max_steps):
+            watchdog.phase(f"scoring --eval_tasks after step {step}")
+            scores = downstream.score(fabric, model.module, config)
+            row.update(scores)
+            log(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        if step % args.log_interval == 0 or "val_loss" in row or scores or step == max_steps:
             tps, mfu = row["tokens_per_sec"], row["mfu"]
             log(f"step {step}/{max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | {tps or 0:,.0f} tok/s"
                 + (f" | MFU {mfu:.1%}" if mfu else "") + f" | ETA {format_duration(monitor.eta(max_steps - step))}")
@@ -409,43 +328,6 @@ def remove_if_unused(out_dir: Path) -> None:
         out_dir.rmdir()
     except OSError:
         pass  # another rank's files, or the directory is gone: nothing of ours to remove
-
-
-def check_out_dir(args: TrainArgs) -> None:
-    """Refuses to train over another run or over this run's own input: an out_dir holding step-* checkpoints or
-    final/ needs --resume (continue it) or --force (overwrite it step by step); --initial_checkpoint inside
-    out_dir/final or a step-* directory would be replaced by the run's own export, so it is refused always.
-
-    Raises:
-        UsageError: one line naming --out_dir and what it holds.
-    """
-    out_dir = Path(args.out_dir)
-    if args.initial_checkpoint:
-        initial = Path(args.initial_checkpoint).resolve()
-        for owned in [out_dir / "final", *out_dir.glob("step-*")]:
-            if initial == owned.resolve() or owned.resolve() in initial.parents:
-                raise UsageError(f"--initial_checkpoint {args.initial_checkpoint} lies in {owned}, which this run "
-                                 "writes; move it out of --out_dir or train into another --out_dir")
-    # --resume auto, or a checkpoint of this out_dir, continues the run there; one from elsewhere would not
-    continues = args.resume == "auto" or (args.resume and out_dir.resolve() in Path(args.resume).resolve().parents)
-    if continues or args.force or not out_dir.is_dir():
-        return
-    held = sorted(p.name for p in out_dir.iterdir() if p.name == "final" or ckpt.STEP_DIR.match(p.name))
-    if held:
-        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-        other = f" and --resume {args.resume} is not one of its checkpoints" if args.resume else ""
-        raise UsageError(f"--out_dir {out_dir} holds another run ({shown}){other}; continue it with --resume auto, "
-                         "train into another --out_dir, or pass --force to overwrite it")
-
-
-def make_out_dir(out_dir: Path) -> None:
-    """Raises UsageError naming --out_dir when it cannot be created (e.g. a path below a regular file)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        reason = "it or a directory above it is a regular file" if isinstance(
-            e, (FileExistsError, NotADirectoryError)) else e.strerror or str(e)
-        raise UsageError(f"--out_dir {out_dir} cannot be created: {reason}") from None
 
 
 def run(argv=None) -> int:

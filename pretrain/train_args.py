@@ -80,6 +80,15 @@ class TrainArgs:
     grad_clip: float = field(default=1.0, metadata=_h("gradient-norm clip; 0 disables"))
     eval_interval: int = field(default=100, metadata=_h("steps between validations; 0 disables"))
     eval_iters: int = field(default=10, metadata=_h("validation micro-batches in total, split over processes"))
+    eval_tasks: Optional[str] = field(default=None, metadata=_h(
+        "downstream tasks to score the model on during training, as eval/run.py --tasks (e.g. sample, paper, "
+        "arc_easy,piqa), every --eval_tasks_interval steps and at the last step; each task's metrics go into "
+        "metrics.csv as TASK/METRIC columns (and TensorBoard/wandb). The full model is gathered once and scored "
+        "on rank 0 while the other ranks wait (default: off)"))
+    eval_tasks_interval: int = field(default=0, metadata=_h(
+        "steps between downstream scorings with --eval_tasks (required with it)"))
+    eval_tasks_limit: Optional[int] = field(default=None, metadata=_h(
+        "with --eval_tasks: score only the first N examples of each task (smoke runs; default: all)"))
     save_interval: int = field(default=100, metadata=_h("steps between checkpoints; 0: only at the end"))
     keep_last: Optional[int] = field(default=None, metadata=_h(
         "keep only the newest N step-* checkpoints (default: keep all; a 7B checkpoint is ~95 GB)"))
@@ -134,6 +143,14 @@ class TrainArgs:
         if self.eval_interval and self.eval_iters < 1:
             raise UsageError(f"--eval_iters must be at least 1 when validating (--eval_interval "
                              f"{self.eval_interval}), got {self.eval_iters}")
+        if self.eval_tasks is not None and self.eval_tasks_interval < 1:
+            raise UsageError(f"--eval_tasks {self.eval_tasks} needs --eval_tasks_interval N (steps between scorings, "
+                             f"at least 1), got {self.eval_tasks_interval}")
+        if self.eval_tasks is None and (self.eval_tasks_interval or self.eval_tasks_limit is not None):
+            raise UsageError("--eval_tasks_interval and --eval_tasks_limit need --eval_tasks TASKS (the tasks to "
+                             "score); give it or drop them")
+        if self.eval_tasks_limit is not None and self.eval_tasks_limit < 1:
+            raise UsageError(f"--eval_tasks_limit must be at least 1, got {self.eval_tasks_limit}")
         if self.global_batch_size % (self.micro_batch_size * world):
             raise UsageError(f"--global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size x "
                              f"processes = {self.micro_batch_size} x {world}")

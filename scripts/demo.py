@@ -9,8 +9,10 @@ so no run anneals; global batch 16 x 256 tokens; the budget C is the FLOPs of th
   stack   the base at d grown to 8 layers with G_stack, then trained on C - d with a fresh optimizer and
           warm-up, reading the data that follows the base's (the paper's recipe).
   zero    the same with zero-depth (function preserving) instead of G_stack: a control.
-Each model is then scored on validation loss (the first 128 validation blocks, ~33k tokens, at every eval
-point) and the offline sample tasks (eval/tasks/), and out/demo/report.md, out/demo/curves.png and
+Each model is scored on validation loss (the first 128 validation blocks, ~33k tokens, at every eval point);
+each run's checkpoints (every ~1/8 of the budget) are scored on the offline sample tasks (eval/tasks/) with
+`eval/run.py --run` (RUN/eval.jsonl), and out/demo/report.md, out/demo/curves.png (loss against FLOPs),
+out/demo/acc-vs-flops.png (the sample tasks' accuracy against FLOPs, one panel per task) and
 out/demo/results.json are written. Two runs go at a time, one thread each.
 
     python scripts/demo.py [--seed 3407] [--tokens 400000] [--out_dir out/demo]
@@ -64,6 +66,14 @@ def budget(tokens: int, base_fraction: float) -> Dict[str, int]:
     return {"8L": scratch, "4L": round(total / f4), "base": base, "grown": int((total - base * f4) // f8)}
 
 
+def base_interval(base_steps: int, every: int) -> int:
+    """A save interval near `every` that divides the base's steps: the base is one of the 4L run's checkpoints."""
+    pieces = max(1, round(base_steps / every))
+    while base_steps % pieces:
+        pieces -= 1
+    return base_steps // pieces
+
+
 def python(*args) -> List[str]:
     return [sys.executable, *map(str, args)]
 
@@ -105,8 +115,8 @@ def latest_step(run_dir: Path) -> int:
         return 0
 
 
-OUTPUTS = {*RUNS, *(f"{n}-grown" for n in ("stack", "zero")), "eval", "curves.png", "results.json", "report.md",
-           *(f"{n}.log" for n in (*RUNS, *(f"eval-{r}" for r in RUNS)))}
+OUTPUTS = {*RUNS, *(f"{n}-grown" for n in ("stack", "zero")), "eval", "curves.png", "acc-vs-flops.png",
+           "results.json", "report.md", *(f"{n}.log" for n in (*RUNS, *(f"eval-{r}" for r in RUNS)))}
 MARKER = ".demo-output"
 
 
@@ -192,25 +202,28 @@ def main(argv=None) -> int:
     train = ROOT / "pretrain" / "tinyllama.py"
     run_parallel({
         "4L": python(train, "--model_name", BASE, "--out_dir", out / "4L", "--max_steps", steps["4L"],
-                     "--save_interval", steps["base"], *flags),
+                     "--save_interval", base_interval(steps["base"], every), *flags),
         "8L": python(train, "--model_name", TARGET, "--out_dir", out / "8L", "--max_steps", steps["8L"],
-                     "--save_interval", 0, *flags),
+                     "--save_interval", every, *flags),
     }, out, {"4L": steps["4L"], "8L": steps["8L"]})
     base = out / "4L" / f"step-{steps['base']:08d}"
     for name, op in (("stack", "stack"), ("zero", "zero-depth")):
         check_call(python("-m", "growth", "grow", "--src", base, "--target", TARGET, "--op", op,
                           "--out_dir", out / f"{name}-grown"), f"growing {name}")
     run_parallel({name: python(train, "--model_name", TARGET, "--out_dir", out / name, "--max_steps", steps["grown"],
-                               "--initial_checkpoint", out / f"{name}-grown", "--save_interval", 0, *flags)
+                               "--initial_checkpoint", out / f"{name}-grown", "--save_interval", every, *flags)
                   for name in ("stack", "zero")}, out, {"stack": steps["grown"], "zero": steps["grown"]})
 
-    evals = {name: python("eval/run.py", "--checkpoint_dir", out / name / "final", "--tasks", "sample", "--name",
-                          LABELS[name], "--out", out / "eval" / f"{name}.json") for name in RUNS}
-    (out / "eval").mkdir()
+    # every checkpoint of every run on the sample tasks, the last one being the final model
+    evals = {name: python("eval/run.py", "--run", out / name, "--tasks", "sample", "--name", LABELS[name])
+             for name in RUNS}
     for pair in (RUNS[:2], RUNS[2:]):
         run_parallel({f"eval-{n}": evals[n] for n in pair}, out, {})
-    check_call(python("eval/plot.py", *(out / n for n in RUNS), "--x", "flops", "--labels",
-                      ",".join(LABELS[n] for n in RUNS), "--out", out / "curves.png"), "plotting")
+    labels = ",".join(LABELS[n] for n in RUNS)
+    check_call(python("eval/plot.py", *(out / n for n in RUNS), "--x", "flops", "--labels", labels, "--out",
+                      out / "curves.png"), "plotting")
+    check_call(python("eval/plot.py", *(out / n for n in RUNS), "--metric", "acc", "--x", "flops", "--labels",
+                      labels, "--out", out / "acc-vs-flops.png"), "plotting accuracy")
     results = collect(out, steps, args)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = render(results, time.time() - t0)
@@ -226,7 +239,8 @@ def collect(out: Path, steps: Dict[str, int], args) -> dict:
     for name in RUNS:
         logged = sp.losses(metrics[name], "val_loss")
         hit = sp.reach(metrics[name], scratch_final, "val_loss")
-        evaluation = json.loads((out / "eval" / f"{name}.json").read_text())["results"]
+        along = [json.loads(line) for line in (out / name / "eval.jsonl").read_text().splitlines()]
+        evaluation = along[-1]["results"]  # the last step's: the final model
         config = Config.from_name(BASE if name == "4L" else TARGET)
         runs[name] = {
             "label": LABELS[name], "params": param_count(config), "steps": int(metrics[name][-1]["step"]),
@@ -238,6 +252,8 @@ def collect(out: Path, steps: Dict[str, int], args) -> dict:
             "sample_mc_acc_norm": evaluation["sample_mc"]["acc_norm,none"],
             "sample_cloze_acc": evaluation["sample_cloze"]["acc,none"],
             "sample_ppl_word_perplexity": evaluation["sample_ppl"]["word_perplexity,none"],
+            "sample_mc_acc_along": [{"step": r["training"]["step"], "flops": r["training"]["flops"],
+                                     "acc": r["results"]["sample_mc"]["acc,none"]} for r in along],
         }
     grown = json.loads((out / "stack-grown" / "growth.json").read_text())
     # the grown runs' first batch is the one the 4L run trained on right after the base's checkpoint
@@ -270,7 +286,8 @@ def render(res: dict, seconds: float) -> str:
     stack, scratch, small = runs["stack"], runs["8L"], runs["4L"]
     tpp = scratch["tokens"] / scratch["params"]
     lines += [
-        "", "Loss against FLOPs: curves.png (the grown runs' FLOPs include the base's).", "",
+        "", "Loss against FLOPs: curves.png; the sample tasks' accuracy at every checkpoint against FLOPs: "
+        "acc-vs-flops.png (the grown runs' FLOPs include the base's).", "",
         "## What this shows and what it cannot", "",
         f"- Here G_stack ends at val loss {stack['val_loss']:.4f} against {scratch['val_loss']:.4f} for the 8-layer "
         f"model trained from scratch on the same FLOPs, and {small['val_loss']:.4f} for the 4-layer model trained "

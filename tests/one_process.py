@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 # command -> (script, entry function): the function its `if __name__ == "__main__"` block calls
 ENTRIES = {"pretrain/tinyllama.py": ("pretrain/tinyllama.py", "run"), "growth": ("growth/__main__.py", "main"),
-           "scripts/export_checkpoint.py": ("scripts/export_checkpoint.py", "main")}
+           "scripts/export_checkpoint.py": ("scripts/export_checkpoint.py", "main"), "eval/run.py": ("eval/run.py", "main"),
+           "eval/plot.py": ("eval/plot.py", "main")}
 
 
 @functools.lru_cache(maxsize=None)

@@ -302,13 +302,13 @@ def test_run_writes_the_contract_json(checkpoint, tmp_path):
         (checkpoint / "training.json").unlink()
         (checkpoint / "growth.json").unlink()
     data = outs["ours"]
-    assert list(data) == ["checkpoint", "name", "config", "backend", "tasks", "num_fewshot", "limit", "results",
-                          "growth", "training"]
+    assert list(data) == ["checkpoint", "name", "config", "backend", "dtype", "tasks", "num_fewshot", "limit",
+                          "results", "growth", "training"]
     assert data["checkpoint"] == str(checkpoint.resolve()) and data["name"] == "final"
     assert (data["config"], data["backend"], data["tasks"]) == ("test-eval", "ours", ["sample_mc", "sample_ppl"])
     assert (data["num_fewshot"], data["limit"]) == (None, 6)
     assert data["growth"] == {"operator": "stack", "source": "base"}
-    assert data["training"] == {"tokens": 1280, "flops": 1.5e9, "step": 10, "total_tokens": None,
+    assert data["training"] == {"tokens": 1280, "flops": 1.5e9, "paper_flops": None, "step": 10, "total_tokens": None,
                                 "scratch_tokens": {"exact": None, "paper": None}}
     assert outs["hf"]["backend"] == "hf"
     a, b = data["results"], outs["hf"]["results"]

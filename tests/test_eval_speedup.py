@@ -209,3 +209,169 @@ def test_add_base_flops_on_a_run_that_logs_its_base_warns(runs, tmp_path, capsys
     assert sp.main(["--scratch", scratch, "--grown", str(no_base), "--add_base_flops", "1e11", "--json"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and json.loads(out)["warnings"] == []
+
+
+def test_single_level_json_keeps_its_keys_and_adds_levels(runs, capsys):
+    assert sp.main(["--scratch", str(runs[0]), "--grown", str(runs[1]), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["loss_is_default"] and res["speedup"] == pytest.approx(0.5, rel=1e-3)
+    assert [(lv["level"], lv["speedup"]) for lv in res["levels"]] == [(res["loss"], res["speedup"])]
+    assert res["levels"][0]["grown"] == res["grown"]
+
+
+def linear_runs(tmp_path):
+    """Runs whose loss is linear in steps, known levels in closed form. scratch: 100 tokens and 1000 FLOPs a step,
+    val_loss 5 - 0.2 step (4.8 at step 1, 3.0 at 10). grown: its base cost 2000 FLOPs, then as scratch, val_loss
+    4 - 0.25 step (3.75 to 1.5). Its metrics.csv logs sample_mc/acc at steps 2, 4, 6, 8."""
+    scratch = [{"step": s, "tokens": 100 * s, "flops": 1000 * s, "paper_flops": 1000 * s, "val_loss": 5 - 0.2 * s}
+               for s in range(1, 11)]
+    acc = {2: 0.2, 4: 0.3, 6: 0.5, 8: 0.6}  # step 4's is replaced by the grown run's eval record (0.35)
+    grown = [{"step": s, "tokens": 100 * s, "flops": 2000 + 1000 * s, "paper_flops": 2000 + 1000 * s,
+              "val_loss": 4 - 0.25 * s, "sample_mc/acc": acc.get(s)} for s in range(1, 11)]
+    columns = ("step", "tokens", "flops", "paper_flops", "val_loss")
+    return (write_csv(tmp_path / "scratch", scratch, columns),
+            write_csv(tmp_path / "grown", grown, columns + ("sample_mc/acc",)))
+
+
+def test_loss_levels_on_linear_curves(tmp_path):
+    """Levels from below min(4.8, 3.75) to max(3.0, 1.5): 3.5, 3.25, 3.0. FLOPs to reach L: scratch 1000 (5 - L) /
+    0.2, grown 2000 + 1000 (4 - L) / 0.25: 7500 / 4000, 8750 / 5000, 10000 / 6000."""
+    scratch, grown = (sp.read_metrics(r) for r in linear_runs(tmp_path))
+    assert sp.loss_levels(scratch, grown, 3) == pytest.approx([3.5, 3.25, 3.0])
+    assert sp.loss_levels(scratch, grown, 1) == pytest.approx([3.0])
+    res = sp.speedup_levels(scratch, grown, n=3)
+    assert [lv["level"] for lv in res["levels"]] == pytest.approx([3.5, 3.25, 3.0])
+    assert [lv["scratch"]["flops"] for lv in res["levels"]] == pytest.approx([7500, 8750, 10000])
+    assert [lv["grown"]["flops"] for lv in res["levels"]] == pytest.approx([4000, 5000, 6000])
+    assert [lv["speedup"] for lv in res["levels"]] == pytest.approx([0.875, 0.75, 2 / 3])
+    assert res["loss_is_default"] and res["speedup"] == pytest.approx(2 / 3) and res["warnings"] == []
+    assert res["grown"]["scratch_equivalent_tokens"] == pytest.approx(600)  # 6000 FLOPs / 10 per token
+    given = sp.speedup_levels(scratch, grown, [3.0, 3.5])  # reported in the order training reaches them
+    assert [lv["level"] for lv in given["levels"]] == [3.5, 3.0] and not given["loss_is_default"]
+
+
+def test_levels_cli_table_and_json(tmp_path, capsys):
+    scratch, grown = map(str, linear_runs(tmp_path))
+    assert sp.main(["--scratch", scratch, "--grown", grown, "--levels", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("levels of val_loss: 3 evenly spaced from just below the lower of the two runs' first "
+                          "logged values down to the lowest both reach\n")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:5]}
+    assert rows["3.5000"] == ["7.500e+03", "4.000e+03", "7.500e+02", "4.000e+02", "87.5%"]
+    assert rows["3.0000"][-1] == "66.7%" and "the base model's FLOPs counted" in out
+    assert sp.main(["--scratch", scratch, "--grown", grown, "--at_loss", "3.25,3.5", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [lv["level"] for lv in res["levels"]] == [3.5, 3.25] and res["loss"] == 3.25
+    assert res["speedup"] == pytest.approx(0.75)
+
+
+def test_level_errors_are_one_line(tmp_path, capsys):
+    scratch, grown = map(str, linear_runs(tmp_path))
+    both = ["--scratch", scratch, "--grown", grown]
+    assert error_line(capsys, both + ["--levels", "3", "--at_loss", "3.0"]).endswith(
+        "give either --levels 3 or the levels themselves in --at_loss, not both\n")
+    assert "--levels must be at least 1, got 0" in error_line(capsys, both + ["--levels", "0"])
+    assert "--at_loss must be finite numbers of at least 0, comma-separated; got 'x'" in error_line(
+        capsys, both + ["--at_loss", "3.0,x"])
+    assert "--metric applies only with --task T" in error_line(capsys, both + ["--metric", "acc"])
+    assert "--at_loss and --column apply only to losses, not with --task" in error_line(
+        capsys, both + ["--task", "sample_mc", "--at_loss", "3", "--column", "val_loss"])
+
+
+def test_levels_without_a_range_compare_at_the_default_target_and_warn(tmp_path, capsys):
+    """A grown run already below scratch's best at its first row: no loss both cross after their first points.
+    A pipeline asking for --levels still gets the one comparison there is, with a warning, not a failed stage."""
+    scratch, _ = map(str, linear_runs(tmp_path))
+    low = [{"step": s, "tokens": 100 * s, "flops": 1000 * s, "val_loss": 2.9 - 0.1 * s} for s in range(1, 11)]
+    low = str(write_csv(tmp_path / "low", low, ("step", "tokens", "flops", "val_loss")))
+    assert sp.main(["--scratch", scratch, "--grown", low, "--levels", "2", "--json"]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert len(res["levels"]) == 1 and res["loss"] == pytest.approx(3.0) and res["loss_is_default"]
+    warning = ("no val_loss range for 2 levels: the lowest val_loss both runs reach (3.0000) is not below the lower "
+               "of their first logged values (2.8000), so the comparison is at that lowest loss only (--at_loss "
+               "gives levels)")
+    assert f"warning: {warning}\n" in err and warning in res["warnings"]
+    with pytest.raises(sp.NoRange):
+        sp.loss_levels(sp.read_metrics(scratch), sp.read_metrics(low), 2)
+
+
+def score_runs(tmp_path):
+    """linear_runs with acc records: the scratch run's in its eval.jsonl (acc = step / 20 at even steps, 2000 to
+    10000 FLOPs), the grown run's in another file (0.35 at step 4, 0.65 at step 10). The grown series, merged:
+    0.2, 0.35, 0.5, 0.6, 0.65 at 4000, 6000, ..., 12000 FLOPs."""
+    from test_eval_series import record, write_jsonl
+
+    scratch, grown = linear_runs(tmp_path)
+    write_jsonl(scratch / "eval.jsonl", [record(s, {"sample_mc": {"acc": s / 20}}) for s in (2, 4, 6, 8, 10)])
+    grown_eval = write_jsonl(tmp_path / "evals" / "grown.jsonl",
+                             [record(s, {"sample_mc": {"acc": a}}, flops=2000 + 1000 * s, scratch=200 + 100 * s)
+                              for s, a in ((4, 0.35), (10, 0.65))])
+    return scratch, grown, grown_eval
+
+
+def test_accuracy_levels_interpolate_between_scored_points(tmp_path, capsys):
+    """Levels from past max(0.1, 0.2) to min(0.5, 0.65): 0.3, 0.4, 0.5. scratch reaches a at 20000 a FLOPs: 6000,
+    8000, 10000; grown 5333.3 (2/3 of 0.2 -> 0.35), 6666.7, 8000 (its point at step 6). With metrics.csv's 0.3 at
+    step 4 instead of the record's 0.35 the first level would be at 6000, no speedup."""
+    scratch, grown, grown_eval = map(str, score_runs(tmp_path))
+    argv = ["--scratch", scratch, "--grown", grown, "--grown_eval", grown_eval, "--task", "sample_mc"]
+    assert sp.main(argv + ["--levels", "3", "--json"]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert [lv["level"] for lv in res["levels"]] == pytest.approx([0.3, 0.4, 0.5])
+    assert [lv["scratch"]["flops"] for lv in res["levels"]] == pytest.approx([6000, 8000, 10000])
+    assert [lv["grown"]["flops"] for lv in res["levels"]] == pytest.approx([16000 / 3, 20000 / 3, 8000])
+    assert [lv["speedup"] for lv in res["levels"]] == pytest.approx([0.125, 0.2, 0.25])
+    assert res["value"] == pytest.approx(0.5) and res["value_is_default"] and res["higher_is_better"]
+    assert res["points"] == {"scratch": 5, "grown": 5} and res["grown"]["base_flops"] == pytest.approx(2000)
+    assert "warning: sample_mc acc has 5 scored points in the scratch run and 5 in the grown run" in err
+    assert "coarse" in err and "coarse" in res["warnings"][-1]
+    assert sp.main(argv + ["--at_score", "0.5,0.3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("levels of sample_mc acc: given with --at_score (higher is better)\n")
+    assert [line.split()[-1] for line in out.splitlines()[2:4]] == ["12.5%", "25.0%"]
+    assert sp.main(argv + ["--json"]) == 0  # one level: the best both reach
+    assert json.loads(capsys.readouterr().out)["speedup"] == pytest.approx(0.25)
+
+
+def test_perplexity_levels_are_reached_going_down():
+    rows = [{"step": s, "tokens": 100 * s, "flops": 1000 * s} for s in range(1, 7)]
+    points = {"scratch": [{"step": s, "tokens": 100 * s, "flops": 1000 * s, "scratch_tokens": 100 * s, "value": v}
+                          for s, v in ((2, 400.0), (4, 200.0), (6, 100.0))],
+              "grown": [{"step": s, "tokens": 100 * s, "flops": 1000 * s, "scratch_tokens": 100 * s, "value": v}
+                        for s, v in ((4, 300.0), (6, 100.0))]}
+    res = sp.score_speedup(rows, rows, points, "sample_ppl", "word_perplexity", [150.0])
+    assert res["grown"]["flops"] == pytest.approx(5500) and res["scratch"]["flops"] == pytest.approx(5000)
+    assert res["speedup"] == pytest.approx(5000 / 5500 - 1) and not res["higher_is_better"]
+    res = sp.score_speedup(rows, rows, points, "sample_ppl", "word_perplexity", n=2)  # from past 300 down to 100
+    assert [lv["level"] for lv in res["levels"]] == [200.0, 100.0]
+    assert [lv["speedup"] for lv in res["levels"]] == pytest.approx([4000 / 5000 - 1, 0.0])
+    assert [w for w in res["warnings"] if "first scored point" in w] == []  # both levels past the first points
+    better = {**points, "grown": [{**p, "value": v} for p, v in zip(points["grown"], (90.0, 80.0))]}
+    res = sp.score_speedup(rows, rows, better, "sample_ppl", "word_perplexity", n=3)  # no range: 100 alone
+    assert [lv["level"] for lv in res["levels"]] == [100.0] and res["speedup"] == pytest.approx(6000 / 4000 - 1)
+    assert "no range of scores for 3 levels: the best both runs reach (100.0000) is not better than the better of " \
+        "their first scores (90.0000), so the comparison is at that best score only" in res["warnings"][0]
+    res = sp.score_speedup(rows, rows, points, "sample_ppl", "word_perplexity", [350.0])
+    assert res["grown"]["flops"] == 4000 and "the grown run is at sample_ppl word_perplexity 350.0000 already at " \
+        "its first scored point (step 4): its FLOPs to reach it are only an upper bound" in res["warnings"][0]
+
+
+def test_score_errors_are_one_line(tmp_path, capsys):
+    scratch, grown, grown_eval = map(str, score_runs(tmp_path))
+    argv = ["--scratch", scratch, "--grown", grown, "--grown_eval", grown_eval]
+    err = error_line(capsys, argv + ["--task", "arc_easy"])
+    assert "the scratch run has no arc_easy acc scores (its tasks with acc: sample_mc); score checkpoints with " \
+        f"`python eval/run.py --run {scratch} --tasks arc_easy`" in err
+    err = error_line(capsys, argv + ["--task", "sample_mc", "--metric", "acc_norm"])
+    assert f"(none in {scratch}/eval.jsonl or {scratch}'s metrics.csv)" in err
+    err = error_line(capsys, argv + ["--task", "sample_mc", "--scratch_eval", "-", "--metric", "acc"])
+    assert f"the scratch run has no sample_mc acc scores (no eval file, and none in {scratch}'s metrics.csv)" in err
+    err = error_line(capsys, argv + ["--task", "sample_mc", "--at_score", "0.9"])
+    assert "the scratch run never reaches sample_mc acc 0.9000 (its best is 0.5000)" in err
+    err = error_line(capsys, ["--scratch", scratch, "--grown", grown, "--grown_eval", str(tmp_path / "nope.jsonl"),
+                              "--task", "sample_mc"])
+    assert "nope.jsonl: no such file" in err
+    err = error_line(capsys, argv + ["--task", "sample_mc", "--levels", "2", "--at_score", "0.3"])
+    assert "give either --levels 2 or the levels themselves in --at_score, not both" in err
