@@ -1,20 +1,31 @@
 """The paper's experiments as data: each experiment (EXPERIMENTS) names the runs of scripts/paper_runs.py it trains,
 the evaluations, speedups and tables it reports, and the paper's numbers it expects (partial stacking's R_c, Eq. 2's
 growth timing, eval/paper_numbers.json). `scripts/reproduce.py` turns an experiment into stages and jobs.
+
+Curves (the paper's figures: each task's score against FLOPs along every run): `curve_runs` are the runs an
+experiment plots (its evals' runs and the runs its speedups compare). Each paper run is scored during training
+(its recipe's eval_tasks and eval_tasks_interval, scripts/paper_runs.py: 10-16 points a run, `training_steps`),
+into its metrics.csv. After training, the score stages add the checkpoints still on disk: `score_every` is the
+tokens between the checkpoints they score (`eval/run.py --run --every`), `scored_steps` the steps they find, which
+with keep_last 2 are the last two checkpoints and final/. The smoke recipes are not scored during training, so its
+curves have those 2 points. `curve_note` says which in the dry run (the last line of `expected`).
 """
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from growth.layers import connection_rate, resolve  # noqa: E402
-from paper_runs import B, F3, F7, F8, F11, F410, FSMALL, FSMOKE, PARTIAL, TIMING_D, Family  # noqa: E402
+from paper_runs import (B, CURVE_POINTS, F3, F7, F8, F11, F410, FSMALL, FSMOKE, PARTIAL, RUNS,  # noqa: E402, F401
+                        TIMING_D, Family, Run, eval_tasks_interval, family_interval, format_tokens,
+                        scored_in_training)
 
 PAPER_NUMBERS = ROOT / "eval" / "paper_numbers.json"
 PARTIAL_RC = {"123456*4": 87.0, "12-3456*5-56": 78.3, "12-345*7-6": 74.0, "123-456*7": 74.0, "1234-56*10": 60.7,
@@ -198,4 +209,113 @@ def eq2(N: float, D: float) -> float:
     return growth_timing(N, 6 * N * D)
 
 
-EXPERIMENTS: Dict[str, Experiment] = _experiments()
+# ------------------------------------------------------------------------------------------------ curves
+
+
+def curve_runs(exp: Experiment) -> List[str]:
+    """The runs scored along their training: every evaluated run (not its @snapshot) and every run a speedup
+    compares, in that order, once each."""
+    keys = [k for k, _ in exp.evals if "@" not in k] + [k for pair in exp.speedups for k in pair]
+    return list(dict.fromkeys(keys))
+
+
+def curve_label(exp: Experiment, key: str) -> str:
+    """The run's column label in the experiment's evals (its name if only a speedup compares it)."""
+    return next((label for k, label in exp.evals if k == key), RUNS[key].name)
+
+
+def checkpoint_tokens(family: Family) -> int:
+    """Tokens between two step-* checkpoints of the family's recipes (save_interval steps)."""
+    return family.save_interval * family.batch * family.seq
+
+
+def score_every(family: Family) -> int:
+    """`eval/run.py --every` of the family: its in-training interval (paper_runs.family_interval: a whole number
+    of checkpoint spans, at most CURVE_POINTS points over the family's scratch budget) in tokens."""
+    return family_interval(family) * family.batch * family.seq
+
+
+def checkpoint_steps(run: Run) -> List[int]:
+    """The steps pretrain/tinyllama.py saves a step-* checkpoint at: every save_interval, and the last step."""
+    every = run.family.save_interval
+    steps = list(range(every, run.steps + 1, every)) if every else []
+    return steps + [run.steps] if run.steps and (not steps or steps[-1] != run.steps) else steps
+
+
+def scored_steps(run: Run, every: int, keep_last: Optional[int]) -> List[int]:
+    """The steps `eval/run.py --run --every` scores once the run has finished: of the checkpoints still there
+    (the last `keep_last`; all for None), the first at or past each multiple of `every` tokens, and final/."""
+    saved = checkpoint_steps(run)
+    kept = saved[-keep_last:] if keep_last else saved
+    per_step = run.family.batch * run.family.seq
+    picked = {next((s for s in kept if s * per_step >= m), None) for m in range(every, run.trained_tokens + 1, every)}
+    return sorted((picked - {None}) | ({run.steps} if run.steps else set()))
+
+
+def training_steps(run: Run) -> List[int]:
+    """The steps the run is scored at during training (pretrain --eval_tasks): every eval_tasks_interval steps and
+    the last step; none for a run its recipe does not score during training."""
+    if not scored_in_training(run):
+        return []
+    every = eval_tasks_interval(run)
+    return sorted(set(range(every, run.steps + 1, every)) | {run.steps})
+
+
+def curve_points(run: Run) -> List[int]:
+    """The steps of the run's curve once it is trained and scored: in training, and by its score stage."""
+    return sorted(set(training_steps(run)) | set(scored_steps(run, score_every(run.family), run.family.keep_last)))
+
+
+HF_CACHE_NOTE = ("Rank 0 loads the tasks when a run starts, so they must be in the HF datasets cache of the compute "
+                 "nodes, or every training job fails at once: run eval/run.py --tasks {tasks} once where the hub is "
+                 "reachable (the same HF_HOME), then export HF_DATASETS_OFFLINE=1 before submitting (eval/run.py's "
+                 "docstring; the check before submitting does not look at the cache)")
+
+
+def curve_note(exp: Experiment) -> str:
+    """One line for the dry run: how each curve gets its points and how many, and what scoring during training
+    needs."""
+    runs = [RUNS[k] for k in curve_runs(exp)]
+    fams = list(dict.fromkeys((r.family.save_interval, r.family.keep_last, score_every(r.family)) for r in runs))
+    how = "; ".join(f"a checkpoint every {si} steps, keep_last {k}, --every {format_tokens(n)}" for si, k, n in fams)
+    points = [len(curve_points(r)) for r in runs]
+    first = runs[0]
+    trained = [r for r in runs if scored_in_training(r)]
+    if not trained:  # smoke: scored after training only
+        full = [len(scored_steps(r, score_every(r.family), None)) for r in runs]
+        interval = " / ".join(dict.fromkeys(str(family_interval(r.family)) for r in runs))
+        return (f"curves (score:* and figure:* stages; recipes: {how}): not scored during training, so each run has "
+                f"{_span(points)} points, the checkpoints keep_last leaves (e.g. {first.key} at step"
+                f"{'s' * (len(curve_points(first)) > 1)} {_steps(curve_points(first))}), not the {_span(full)} of a "
+                f"full curve. For the curves, train with --eval_tasks {exp.eval_tasks} --eval_tasks_interval "
+                f"{interval} (scores go into metrics.csv, which the figures read too)")
+    intervals: Dict[int, List[str]] = {}
+    for r in trained:
+        intervals.setdefault(eval_tasks_interval(r), []).append(r.key)
+    every = " / ".join(f"{k}" + (f" ({', '.join(keys)})" if len(intervals) > 1 else "") for k, keys in
+                       intervals.items())
+    tasks = list(dict.fromkeys(r.family.eval_tasks for r in trained))
+    after = "" if tasks == [exp.eval_tasks] else f" (on {exp.eval_tasks})"
+    example = next(r for r in runs if r in trained)
+    return (f"curves (score:* and figure:* stages; recipes: {how}): each run is scored on --eval_tasks "
+            f"{' / '.join(tasks)} during training, every {every} steps and at its last step (eval_tasks_interval, "
+            f"scripts/paper_runs.py), into its metrics.csv; after training its score:* stage scores{after} the last "
+            f"keep_last checkpoints and final/, and the figures read both: {_span(points)} points a run (e.g. "
+            f"{example.key} at steps {_steps(curve_points(example))}). "
+            + HF_CACHE_NOTE.format(tasks=exp.eval_tasks))
+
+
+def _steps(steps: List[int]) -> str:
+    shown = steps if len(steps) <= 5 else steps[:2] + ["..."] + steps[-2:]
+    return ", ".join(map(str, shown))
+
+
+def _span(values: List[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
+def _with_curve_notes(exps: Dict[str, Experiment]) -> Dict[str, Experiment]:
+    return {name: dataclasses.replace(e, expected=e.expected + (curve_note(e),)) for name, e in exps.items()}
+
+
+EXPERIMENTS: Dict[str, Experiment] = _with_curve_notes(_experiments())

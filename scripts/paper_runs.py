@@ -1,5 +1,6 @@
 """The paper's training runs as data: every run (RUNS), the families of target sizes they belong to, the sweeps
-they are built from (partial stacking, growth timing, growth factor) and their FLOPs budgets (`budget`).
+they are built from (partial stacking, growth timing, growth factor), their FLOPs budgets (`budget`) and how often
+each is scored on the paper's tasks during training (`eval_tasks_interval`: the points of its curves).
 scripts/paper_experiments.py groups them into experiments; `scripts/reproduce.py` turns those into recipes, stages
 and jobs, and its docstring explains the accounting. Edit the table here, then `python scripts/reproduce.py
 write-configs`.
@@ -10,7 +11,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -52,6 +53,9 @@ class Family:
     precision: str = "bf16-mixed"
     train_data: str = "data/slimpajama/train"  # prepare_slimpajama.py output; its tokenizer in ../tokenizer
     val_data: str = "data/slimpajama/validation"
+    # pretrain --eval_tasks: the tasks every run is scored on during training, every `eval_tasks_interval(run)`
+    # steps (the curves' points; None: not scored during training, only by the score stages after it)
+    eval_tasks: Optional[str] = "paper"
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,11 @@ SMALL_CONFIGS = {  # ~110M / 52M: the 1.1B pair's shape (MHA, head size 64, FFN 
                       _mlp_class="LLaMAMLP")
     for n in (24, 6)}
 # minutes on CPU, on the embedded sample (scripts/prepare_sample_data.py): checks a cluster set-up, not the claim
+# Not scored during training (eval_tasks None): tests/test_slurm.py and tests/test_reproduce.py train it for real, at
+# the limit of the suite's time; its curves come from the score stages.
 FSMOKE = Family("smoke", "4L128H", 3e-3, 8, 81_920, batch=8, warmup=4, horizon=10_000, eval_interval=10, eval_iters=4,
                 save_interval=10, seq=256, precision="32-true", train_data="data/sample/packed",
-                val_data="data/sample/packed")
+                val_data="data/sample/packed", eval_tasks=None)
 # one GPU: 0.5M-token batches; the paper's schedule shape scaled to the shorter run (warm-up, horizon 6x the run)
 FSMALL = Family("small", str(SMALL_DIR / "24L512H.json"), 6e-4, 16, 5 * B, batch=256, warmup=600, horizon=60_000,
                 eval_interval=200, eval_iters=50, save_interval=1000)
@@ -370,3 +376,64 @@ def budget(run: Run) -> Budget:
         own += run.fpt * run.grow.learn_steps * 4 * run.family.seq  # the fit: micro_batch_size 4 sequences per step
     total = base.total + own
     return Budget(run, own, total, base.paper_tokens / run.grow.g + run.trained_tokens, total / run.fpt)
+
+
+# ------------------------------------------------------------------------------------------------ curves
+
+CURVE_POINTS = 16  # at most this many downstream scorings along a run, its last step included
+
+
+def scorings(steps: int, interval: int) -> int:
+    """How often a run of `steps` steps is scored with --eval_tasks_interval `interval`: at every multiple of it
+    and at the last step (pretrain/downstream.py)."""
+    return steps // interval + (steps % interval != 0)
+
+
+def family_interval(family: Family) -> int:
+    """Steps between the family's downstream scorings: the fewest whole checkpoint spans (save_interval) that score
+    a run of the family's scratch budget at most CURVE_POINTS times. 1.1B: 5000, every checkpoint (10 points over
+    100B tokens); 410M: 25000 (15 over 750B); 3B and 7B: 10000 (15 over 300B); small: 1000 (10 over 5B). Also the
+    --every of the score stages (paper_experiments.score_every)."""
+    steps = family.scratch_tokens // (family.batch * family.seq)
+    spans = 1
+    while scorings(steps, spans * family.save_interval) > CURVE_POINTS:
+        spans += 1
+    return spans * family.save_interval
+
+
+def scored_in_training(run: Run) -> bool:
+    """Whether the run's recipe scores it on its family's eval_tasks during training: every family but smoke's,
+    every run that trains at least one step (a d = 0 base has nothing to score)."""
+    return bool(run.family.eval_tasks and run.steps)
+
+
+def grown_from() -> Set[str]:
+    """The bases: the runs some other run (or gradual-stacking stage) grows from."""
+    return {r.grow.base for r in RUNS.values() if r.grow}
+
+
+def eval_tasks_interval(run: Run) -> int:
+    """The run's --eval_tasks_interval, so that each curve has about 10-16 points (9 for the 1.1B runs a little
+    short of the budget: d = 50B's G_stack, gradual stacking's last stage).
+
+    A run the figures plot (every run but the bases): the shortest interval that is a whole multiple or a whole
+    fraction of its checkpoint interval (save_interval) and scores the run at most CURVE_POINTS times. For a run of
+    about its family's budget that is `family_interval` (1.1B 5000: 9-10 points; 410M 25000, 3B/7B 10000: 15;
+    small 1000: 10); the 40B-token runs of the 1.1B ablations (noise, interpolation), which 5000 would score 4
+    times, get 1250 (16 points). Checkpoint-aligned (a fraction scores every checkpoint's step, a multiple only
+    checkpoint steps), so where the score stage scores a checkpoint again its record replaces the point logged in
+    training (eval/plot.py: a record wins at a step both have) instead of adding one a few steps beside it.
+
+    A base is scored at its family's interval, mostly at its last step only: its curve is in no figure, and each
+    scoring idles all the job's GPUs but rank 0's."""
+    if run.key in grown_from() or not run.steps:
+        return family_interval(run.family)
+    every = run.family.save_interval
+    fractions = sorted(every // k for k in range(1, every + 1) if every % k == 0)
+    interval = next((i for i in fractions if scorings(run.steps, i) <= CURVE_POINTS), None)
+    if interval is None:
+        spans = 2
+        while scorings(run.steps, spans * every) > CURVE_POINTS:
+            spans += 1
+        interval = spans * every
+    return interval

@@ -1,7 +1,31 @@
 """An experiment as an ordered graph of stages (scripts/stage_jobs.py's Stage): the training runs with their grow or
-learn stages, mid-run snapshot exports, gradual-stacking recipes, evals, speedups, tables and the loss plot, each
-with the stages it waits for and the file whose existence marks it done; `micro_for` fits each run's micro-batch to
-the number of GPUs.
+learn stages, mid-run snapshot exports, gradual-stacking recipes, evals, speedups, tables and the loss plot, then
+the curves: score stages and the figures drawn from them. Each stage has the stages it waits for and the file whose
+existence marks it done; `micro_for` fits each run's micro-batch to the number of GPUs.
+
+Curves, the paper's main evidence. Their points come mostly from training itself: every paper recipe scores its run
+on the paper's tasks every K steps and at its last step (eval_tasks, eval_tasks_interval; K per run from
+scripts/paper_runs.py's eval_tasks_interval: 5000 at 1.1B, every checkpoint; 1250 for the 40B-token ablations; 25000
+at 410M; 10000 at 3B and 7B; 1000 for small-gpu: 9-16 points a run), into its metrics.csv. Rank 0 loads those tasks
+when the run starts, so they must be in the compute nodes' HF datasets cache (HF_DATASETS_OFFLINE=1 after one
+download, eval/run.py's docstring), or the training job fails at once. Then a `score:RUN` stage per run of
+`curve_runs` (scripts/paper_experiments.py) runs `eval/run.py --run OUT_DIR --every N` after the run's training: it
+scores the run's step-* checkpoints still on disk (the first at or past every N of the run's own tokens, N =
+`score_every` of its family) and final/, one JSON record each, into <root>/<family>/eval/<run>-along.jsonl, on the
+experiment's eval tasks; a rerun skips what is scored, so a killed job resumes. It is done when that file holds a
+complete record of the run's last step (stage_jobs.Stage.done). The recipes keep only the last keep_last = 2
+checkpoints, so it scores those two and final/, at steps training scored too, mostly, but on the experiment's tasks
+(scaling-7b's add boolq, hellaswag and openbookqa); the smoke recipes are not scored during training (minutes on
+CPU), so its curves have just those 2 points. The dry run's last `expected` line gives each experiment's K, its
+points per run and what the HF cache needs. `figure:EXP:WHAT` stages, after all the experiment's score stages, draw
+eval/plot.py figures into <root>/report/<exp>/, one panel per task that reports the metric (no --task: all of them):
+accuracy against FLOPs (acc-vs-flops-<convention>.png, the 2 x 4 grid of the paper's tasks), perplexity against
+FLOPs (word_perplexity-vs-flops-<convention>.png: Wikitext's, or sample_ppl's for the smoke experiment) and accuracy
+against scratch-equivalent tokens (acc-vs-scratch_tokens-<convention>.png), FLOPs with the base's included, in the
+--convention of the speedup and plot stages. eval/plot.py reads the runs' metrics.csv too, so the scores logged
+during training join the points of the score stages (a score-stage record wins at a step both have). The speedup
+stages compare at SPEEDUP_LEVELS losses along the curves (eval/speedup.py --levels; the JSON keeps the last level's
+keys, so nothing that reads it changes).
 """
 
 from __future__ import annotations
@@ -9,16 +33,22 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from paper_experiments import Experiment  # noqa: E402
+from paper_experiments import Experiment, curve_label, curve_runs, score_every  # noqa: E402
 from paper_recipes import grown_dir, out_dir, recipe_path, stages_recipe_out  # noqa: E402
 from paper_runs import CONFIG_DIR, DEFAULT_OUT, RUNS, Run, UsageError, budget, format_tokens  # noqa: E402
 from stage_jobs import Stage  # noqa: E402
+
+
+SPEEDUP_LEVELS = 5  # eval/speedup.py --levels: the speedup at 5 losses along the curve, the last the default one
+# (metric, x axis) of the figures: every task's accuracy and Wikitext's perplexity against FLOPs (the base's
+# included), and accuracy against scratch-equivalent tokens
+FIGURES: Tuple[Tuple[str, str], ...] = (("acc", "flops"), ("word_perplexity", "flops"), ("acc", "scratch_tokens"))
 
 
 def micro_for(micro: int, batch: int, world: int) -> int:
@@ -125,7 +155,7 @@ def build_stages(exp: Experiment, root: str, world: int, convention: str = "exac
         result = Path(f"{report}/speedup-{o.name.replace('/', '-')}-{convention}.json")
         stages.append(Stage(f"speedup:{other}", "speedup",
                             ["eval/speedup.py", "--scratch", out_dir(r, root), "--grown", out_dir(o, root),
-                             "--convention", convention, "--json"],
+                             "--convention", convention, "--levels", str(SPEEDUP_LEVELS), "--json"],
                             result, _present([_train_id(ref), _train_id(other)], stages), stdout=result))
     for stem, labels, paper in exp.tables:
         args = ["eval/table.py", *[results[label] for label in labels]] + (["--paper", paper] if paper else [])
@@ -139,6 +169,37 @@ def build_stages(exp: Experiment, root: str, world: int, convention: str = "exac
                          f"{report}/loss-vs-flops-{convention}.png"],
                         Path(f"{report}/loss-vs-flops-{convention}.png"),
                         _present([_train_id(r.key) for r in trained], stages)))
+    stages += curve_stages(exp, root, convention, _present([_train_id(k) for k in curve_runs(exp)], stages))
+    return stages
+
+
+def along_file(run: Run, root: str) -> str:
+    """The JSON Lines of `eval/run.py --run` along the run: one per run, shared by the experiments that score it."""
+    return f"{root}/{run.family.name}/eval/{run.name.replace('/', '-')}-along.jsonl"
+
+
+def curve_stages(exp: Experiment, root: str, convention: str, trained: Sequence[str]) -> List[Stage]:
+    """The score stage of each run of `curve_runs(exp)` (after its training stage, when `trained` has it), then
+    the experiment's figures (module docstring)."""
+    stages, results, labels, dirs = [], [], [], []
+    for key in curve_runs(exp):
+        run = RUNS[key]
+        result, label = along_file(run, root), curve_label(exp, key)
+        stages.append(Stage(f"score:{key}", "score",
+                            ["eval/run.py", "--run", out_dir(run, root), "--tasks", exp.eval_tasks, "--every",
+                             str(score_every(run.family)), "--device", exp.eval_device[0], "--dtype",
+                             exp.eval_device[1], "--name", label, "--out", result],
+                            Path(result), [n for n in [_train_id(key)] if n in trained], run.steps, run=run))
+        results.append(result)
+        labels.append(label)
+        dirs.append(out_dir(run, root))
+    report = f"{root}/report/{exp.name}"
+    for metric, x in FIGURES:
+        out = f"{report}/{metric}-vs-{x}-{convention}.png"
+        stages.append(Stage(f"figure:{exp.name}:{metric}-vs-{x}", "figure",
+                            ["eval/plot.py", *dirs, "--evals", ",".join(results), "--metric", metric, "--x", x,
+                             "--convention", convention, "--labels", ",".join(labels), "--out", out],
+                            Path(out), [s.id for s in stages if s.kind == "score"]))
     return stages
 
 

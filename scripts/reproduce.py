@@ -15,15 +15,22 @@ scratch baseline, G_stack itself) has one recipe and one output directory, so it
 
 Stages: train (pretrain/tinyllama.py), grow (`python -m growth grow`) or learn (`python -m growth learn`, G_learn),
 export (a mid-run checkpoint as weights), stages (`python -m growth stages`, gradual stacking), eval (eval/run.py),
-speedup (eval/speedup.py), table (eval/table.py), plot (eval/plot.py). A stage whose output exists is skipped:
-final/training.json at the run's last step, growth.json, the result JSON or report file. Without --dry_run the
-stages are submitted with `sbatch --dependency=afterok:...` when sbatch is on PATH, else run here one after the
-other (scripts/stage_jobs.py). Rerun the same command after a failure: jobs still queued from an earlier call are
-kept, a failed or cancelled stage is submitted again together with every stage downstream of it (their stale
-jobs, which wait on the dead one for ever, are cancelled). Nothing is submitted unless the data, the tokenizer and
-the disk space for the checkpoints the runs keep are there (--skip_checks to skip the check). --partition,
---account, --qos and --time go to every job; the exit code of a local run is the failing stage's (128 + N: it was
-stopped by signal N after saving; rerun to resume).
+speedup (eval/speedup.py, at 5 loss levels), table (eval/table.py), plot (eval/plot.py), then the curves: score
+(`eval/run.py --run`: every task's score at the run's checkpoints, one JSON line each, into
+<family>/eval/<run>-along.jsonl) and figure (eval/plot.py: accuracy and perplexity per task against FLOPs and
+scratch-equivalent tokens, report/<experiment>/<metric>-vs-<x>-<convention>.png). The paper's recipes also score
+their run during training (eval_tasks: paper every K steps, K per run in scripts/paper_runs.py: ~10-16 points),
+into metrics.csv's TASK/METRIC columns, which the figures merge with the score stages' records: the recipes keep
+only the last 2 checkpoints (keep_last), so scoring after training alone gives 2 points (the smoke recipes, which
+do not score during training). The dry run's last "expected" line gives K and the points per run. A stage whose output exists is skipped:
+final/training.json at the run's last step, growth.json, the result JSON or report file, for a score stage a
+record of the run's last step. Without --dry_run the stages are submitted with `sbatch --dependency=afterok:...`
+when sbatch is on PATH, else run here one after the other (scripts/stage_jobs.py). Rerun the same command after a
+failure: jobs still queued from an earlier call are kept, a failed or cancelled stage is submitted again together
+with every stage downstream of it (their stale jobs, which wait on the dead one for ever, are cancelled). Nothing
+is submitted unless the data, the tokenizer and the disk space for the checkpoints the runs keep are there
+(--skip_checks to skip the check). --partition, --account, --qos and --time go to every job; the exit code of a
+local run is the failing stage's (128 + N: it was stopped by signal N after saving; rerun to resume).
 
 Budgets: FLOPs = lit_gpt.flops.flops_per_token(config, the family's sequence length) x tokens (6 N + 6 L T d per token, what
 metrics.csv and MFU use). A grown run's compute includes its base's, C = C_base + C_grown (paper §5.4). Tokens are

@@ -6,6 +6,13 @@ finished stages and keeps jobs still queued or running; a stage whose job failed
 again, and so is every stage downstream of it: their queued jobs wait on the dead job (slurm leaves them pending
 forever, reason DependencyNeverSatisfied), so they are cancelled and replaced by jobs that wait on the new one.
 Locally, stages run in order and the first one that fails (or is stopped: exit 128 + signal) ends the run.
+
+A stage is done when its output file exists (a train stage: final/training.json at the run's last step). A score
+stage (`eval/run.py --run`, which appends one JSON line per scored checkpoint) is done only when its JSON Lines file
+holds a complete record (a whole line that parses) of a checkpoint at or past the run's last step: eval/run.py
+scores the checkpoints in step order, the last step last, so a job killed half-way leaves a file that is not done,
+and its rerun scores only what is missing. Score stages, like eval stages, are jobs of scripts/slurm/eval.sbatch
+(one GPU, its 12-hour #SBATCH --time unless --time is given: a job cut off by it is resubmitted by the next call).
 """
 
 import json
@@ -28,11 +35,12 @@ EXPORT_BYTES_PER_PARAM = 4  # final/ and a grown model: fp32 weights
 @dataclass
 class Stage:
     id: str
-    kind: str  # train, grow, learn, export, stages, eval, speedup, table, plot
+    kind: str  # train, grow, learn, export, stages, eval, speedup, table, plot, score, figure
     args: List[str]  # after `python`: a script or -m module, then its flags
     done_file: Path
     needs: List[str] = field(default_factory=list)
-    min_step: Optional[int] = None  # train: training.json must record at least this step
+    # train: training.json must record at least this step; score: a record of a checkpoint at or past it
+    min_step: Optional[int] = None
     stdout: Optional[Path] = None  # speedup: its JSON goes to this file
     run: Optional[object] = None  # paper_runs.Run
     tokens: int = 0
@@ -45,12 +53,33 @@ class Stage:
         path = self.path(self.done_file)
         if not path.is_file():
             return False
+        if self.kind == "score":
+            return scored_through(path, self.min_step)
         if self.min_step is None:
             return True
         try:
             return int(json.loads(path.read_text()).get("step", -1)) >= self.min_step
         except (ValueError, AttributeError):
             return False
+
+
+def scored_through(path: Path, min_step: Optional[int]) -> bool:
+    """Whether the JSON Lines of `eval/run.py --run` at `path` hold a complete record (a line ending in a newline
+    that parses as a JSON object) whose training.step is at least `min_step` (any record for None)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    for line in text.split("\n")[:-1]:  # after the last newline: nothing, or the record a killed job was writing
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        training = record.get("training") if isinstance(record, dict) else None
+        step = training.get("step") if isinstance(training, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and (min_step is None or step >= min_step):
+            return True
+    return False
 
 
 @dataclass
@@ -90,7 +119,7 @@ def sbatch_argv(stage: Stage, options: SlurmOptions, nodes: int, gpus: int, deps
         if stage.kind == "learn":
             argv.append("--gpus-per-node=1")
         return argv + [str(SLURM / "grow.sbatch"), *stage.args[2:]]
-    if stage.kind == "eval":
+    if stage.kind in ("eval", "score"):  # one GPU (the template's #SBATCH lines)
         return argv + [str(SLURM / "eval.sbatch"), *stage.args[1:]]
     command = shlex.join(stage.args)
     if stage.stdout is not None:  # written whole or not at all: a half file would mark the stage done
@@ -169,8 +198,8 @@ def submit(stages: List[Stage], options: SlurmOptions, nodes: int, gpus: int, ro
 
 
 def make_output_dir(stage: Stage) -> None:
-    """eval, table, plot and speedup write into a directory they expect to exist."""
-    if stage.kind in ("eval", "table", "plot", "speedup"):
+    """eval, score, table, plot, figure and speedup write into a directory they expect to exist."""
+    if stage.kind in ("eval", "score", "table", "plot", "figure", "speedup"):
         stage.path(stage.done_file).parent.mkdir(parents=True, exist_ok=True)
 
 
@@ -221,7 +250,11 @@ def preflight(stages: List[Stage], root: str) -> List[str]:
     """What would make the unfinished stages fail hours from now: data directories without packed files, no
     tokenizer beside the data, less free disk under `root` than the checkpoints and exports they keep (each
     step-* checkpoint holds CHECKPOINT_BYTES_PER_PARAM bytes per parameter; keep_last + 1 of them exist while the
-    newest is written). Returns one line per problem; reading a recipe or config raises ValueError."""
+    newest is written). Returns one line per problem; reading a recipe or config raises ValueError.
+
+    Not checked: the datasets of a recipe's eval_tasks (scored during training; rank 0 loads them at start-up, so a
+    node without them fails the job at once, not hours in). They live in the HF datasets cache of the compute nodes,
+    which this machine may not see; the dry run's curves line says how to fill it."""
     problems: List[str] = []
     needed = 0
     for stage in stages:

@@ -191,6 +191,16 @@ def test_noise_and_gradual_recipes():
 
     steps = plan(load_recipe(ROOT / "pretrain/configs/paper/gradual_stack.yaml"))
     assert [s.kind for s in steps] == ["train", "grow", "train", "grow", "train"]
+    # `python -m growth stages` passes any TrainArgs field on: every stage is scored during training, at its own
+    # interval (the shared train: section has the tasks, each stage its eval_tasks_interval)
+    assert recipe["train"]["eval_tasks"] == "paper"
+    runs = [r for r in rp.RUNS.values() if r.recipe == "gradual_stack"]
+    intervals = [pr.eval_tasks_interval(r) for r in runs]
+    assert [s["eval_tasks_interval"] for s in recipe["stages"]] == intervals == [5000] * 3
+    for step, interval in zip([s for s in steps if s.kind == "train"], intervals):
+        argv = step.command
+        assert argv[argv.index("--eval_tasks") + 1] == "paper", argv
+        assert argv[argv.index("--eval_tasks_interval") + 1] == str(interval), argv
     # 10B/4 + 10B/2 + 92.5B = 100B scratch-equivalent tokens, the budget of one-hop G_stack
     tokens = [s["max_tokens"] for s in recipe["stages"]]
     assert tokens[0] / 4 + tokens[1] / 2 + tokens[2] == 100 * B
@@ -206,6 +216,11 @@ def test_recipes_have_the_papers_hyperparameters():
         run = rp.RUNS[path.stem]
         family = path.stem.split("-")[0]
         assert args.keep_last == 2  # a 1.1B checkpoint is ~16 GB, a 7B one ~71 GB: every one kept would fill disks
+        if family == "smoke" or run.steps == 0:  # not scored during training: the suite trains smoke for real
+            assert (args.eval_tasks, args.eval_tasks_interval, args.eval_tasks_limit) == (None, 0, None), path.name
+        else:  # the curves' points come from training (scripts/paper_runs.py eval_tasks_interval)
+            assert (args.eval_tasks, args.eval_tasks_limit) == ("paper", None), path.name
+            assert args.eval_tasks_interval == pr.eval_tasks_interval(run), path.name
         if family == "smoke":  # not a paper run: minutes on CPU, on the sample data
             assert (args.precision, args.train_data_dir, args.model_name) == ("32-true", "data/sample/packed", "4L128H"
                                                                               if not run.key.startswith("smoke-base")
@@ -229,6 +244,46 @@ def test_recipes_have_the_papers_hyperparameters():
             assert args.learning_rate == 1e-3  # the one base LR the paper's scripts give (base_model.sh)
         assert args.out_dir == recipes.out_dir(run, rp.DEFAULT_OUT)
     assert parse(TrainArgs, ["--config", str(ROOT / "pretrain/configs/paper/1.1b-scratch.yaml")]).learning_rate == 3e-4
+
+
+def test_eval_tasks_intervals_give_every_curve_9_to_16_points():
+    """The rule of scripts/paper_runs.py: a family's interval is the fewest whole checkpoint spans that score a run
+    of its scratch budget at most 16 times (the last step included); a run the figures plot gets the shortest
+    interval that is a multiple or a whole fraction of a checkpoint span with at most 16 scorings; a base is scored
+    at its family's interval (mostly once: its curve is in no figure)."""
+    per_family = {f.name if f is not pr.F8 else "8L": pr.family_interval(f)
+                  for f in (pr.F11, pr.F8, pr.F410, pr.F3, pr.F7, pr.FSMALL)}
+    assert per_family == {"1.1b": 5000, "8L": 5000, "410m": 25000, "3b": 10000, "7b": 10000, "small": 1000}
+    assert pr.family_interval(pr.F11) == pr.F11.save_interval  # every checkpoint of the 1.1B runs
+    bases = pr.grown_from()
+    curves = {k for exp in rp.EXPERIMENTS.values() for k in pe.curve_runs(exp)}
+    assert not curves & bases
+    assert pr.scorings(47683, 5000) == 10 and pr.scorings(10000, 5000) == 2 and pr.scorings(1, 5000) == 1
+    for key, run in rp.RUNS.items():
+        if run.family is pr.FSMOKE:  # not scored during training
+            continue
+        interval, save = pr.eval_tasks_interval(run), run.family.save_interval
+        assert interval % save == 0 or save % interval == 0, key  # aligned with the checkpoints
+        if key in bases:
+            assert interval == pr.family_interval(run.family), key
+            continue
+        allowed = sorted({save // k for k in range(1, save + 1) if save % k == 0} | {save * m for m in range(1, 50)})
+        assert interval == next(i for i in allowed if pr.scorings(run.steps, i) <= pr.CURVE_POINTS), key
+        points = pr.scorings(run.steps, interval)
+        assert 9 <= points <= pr.CURVE_POINTS, (key, points)
+        assert pe.training_steps(run)[-1] == run.steps and len(pe.training_steps(run)) == points, key
+    for key in ("1.1b-stack-8L", "1.1b-interleave-8L", "1.1b-direct-width-40B"):  # 40B tokens: 5000 gives 4
+        assert (pr.eval_tasks_interval(rp.RUNS[key]), pr.scorings(rp.RUNS[key].steps, 1250)) == (1250, 16)
+    expected = {"1.1b-scratch": (5000, 10), "1.1b-stack": (5000, 10), "1.1b-stack-d50B": (5000, 9),
+                "1.1b-gradual/24L": (5000, 9), "410m-stack": (25000, 15), "3b-scratch": (10000, 15),
+                "7b-stack": (10000, 15), "small-scratch": (1000, 10), "small-stack": (1000, 10),
+                "1.1b-base-6L2048H": (5000, 1), "1.1b-base-6L2048H-d50B": (5000, 5), "410m-base-6L": (25000, 1)}
+    for key, (interval, points) in expected.items():
+        run = rp.RUNS[key]
+        assert (pr.eval_tasks_interval(run), pr.scorings(run.steps, pr.eval_tasks_interval(run))) == (interval,
+                                                                                                       points), key
+    assert not pr.scored_in_training(rp.RUNS["smoke-stack"]) and not pr.scored_in_training(
+        rp.RUNS["1.1b-base-6L2048H-d0"])  # smoke: the suite's time; d = 0: no step to score
 
 
 def test_recipes_match_the_table():

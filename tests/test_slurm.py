@@ -175,11 +175,15 @@ def test_reproduce_resubmits_a_failed_stage_and_everything_after_it(cluster, tmp
              "--account", "growth", "--time", "0:30:00"]
     assert reproduce.main(flags) == 0, capsys.readouterr().err
     first = {r["name"]: r for r in fakeslurm.jobs(cluster.state)}
-    assert len(first) == 9 and all(r["partition"] == "debug" and r["account"] == "growth" and r["time"] == "0:30:00"
+    assert len(first) == 14 and all(r["partition"] == "debug" and r["account"] == "growth" and r["time"] == "0:30:00"
                                    for r in first.values())
     assert cluster.wait(first["rp-grow-smoke-stack"]["id"])["reason"] == "NodeFail"
-    stale = ["rp-train-smoke-stack", "rp-eval-smoke-stack", "rp-speedup-smoke-stack", "rp-table-smoke", "rp-plot-smoke"]
-    for name in ("rp-train-smoke-base-2L128H", "rp-train-smoke-scratch", "rp-eval-smoke-scratch"):
+    figures = ["rp-figure-smoke-acc-vs-flops", "rp-figure-smoke-word_perplexity-vs-flops",
+               "rp-figure-smoke-acc-vs-scratch_tokens"]
+    stale = ["rp-train-smoke-stack", "rp-eval-smoke-stack", "rp-speedup-smoke-stack", "rp-table-smoke", "rp-plot-smoke",
+             "rp-score-smoke-stack", *figures]
+    for name in ("rp-train-smoke-base-2L128H", "rp-train-smoke-scratch", "rp-eval-smoke-scratch",
+                 "rp-score-smoke-scratch"):
         assert cluster.wait(first[name]["id"])["state"] == "COMPLETED", cluster.log(first[name]["id"])[-3000:]
     cluster.wait(first["rp-train-smoke-stack"]["id"], "PENDING", reason="DependencyNeverSatisfied", timeout=10)
     assert all(fakeslurm.job(cluster.state, first[name]["id"])["state"] == "PENDING" for name in stale)
@@ -189,7 +193,7 @@ def test_reproduce_resubmits_a_failed_stage_and_everything_after_it(cluster, tmp
     assert reproduce.main(flags) == 0
     out = capsys.readouterr().out
     assert "resubmit grow:smoke-stack" in out and out.count("cancel   ") == len(stale)
-    assert out.count("done     ") == 3  # the base, the scratch run and its eval are not run again
+    assert out.count("done     ") == 4  # the base, the scratch run, its eval and its scores are not run again
     for name in stale:
         assert fakeslurm.job(cluster.state, first[name]["id"])["state"] == "CANCELLED"
     second = [r for r in fakeslurm.jobs(cluster.state) if r["id"] not in {j["id"] for j in first.values()}]
@@ -198,6 +202,10 @@ def test_reproduce_resubmits_a_failed_stage_and_everything_after_it(cluster, tmp
         assert cluster.wait(record["id"])["state"] == "COMPLETED", cluster.log(record["id"])[-3000:]
     report = tmp_path / "runs" / "report" / "smoke"
     assert (report / "smoke.md").is_file() and (report / "loss-vs-flops-exact.png").is_file()
+    for png in ("acc-vs-flops", "word_perplexity-vs-flops", "acc-vs-scratch_tokens"):
+        assert (report / f"{png}-exact.png").is_file()
+    along = (tmp_path / "runs" / "smoke" / "eval" / "stack-along.jsonl").read_text().splitlines()
+    assert [json.loads(line)["training"]["step"] for line in along] == [30, 35]  # the 2 checkpoints keep_last leaves
     json.loads((report / "speedup-stack-exact.json").read_text())  # written whole
-    assert reproduce.main(flags) == 0 and capsys.readouterr().out.count("done     ") == 9
+    assert reproduce.main(flags) == 0 and capsys.readouterr().out.count("done     ") == 14
     assert not any(r["state"] in fakeslurm.ACTIVE for r in fakeslurm.jobs(cluster.state))
