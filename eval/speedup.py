@@ -146,7 +146,8 @@ def speedup_levels(scratch: Rows, grown: Rows, levels: Optional[List[float]] = N
     a pipeline asking for a curve still gets the comparison that exists.
 
     Raises:
-        ValueError: a run never reaches a level; UsageError: a run logged no `column`."""
+        ValueError: a run reaches none of the levels (a level that one run never reaches is a row with
+            `unreached`, the reason, and None for the rest); UsageError: a run logged no `column`."""
     skipped = []
     if levels is None:
         try:  # the last level is the default target: computed and reported as such (loss_is_default)
@@ -155,10 +156,21 @@ def speedup_levels(scratch: Rows, grown: Rows, levels: Optional[List[float]] = N
             levels, skipped = [None], [f"{e}, so the comparison is at that lowest loss only (--at_loss gives levels)"]
     else:
         levels = sorted(levels, reverse=True)
-    results = [speedup(scratch, grown, level, column, smooth, convention) for level in levels]
+    rows, results = [], []
+    for level in levels:
+        try:
+            r = speedup(scratch, grown, level, column, smooth, convention)
+        except UsageError:
+            raise
+        except ValueError as e:  # this level is not reached: a row that says so, the others still compared
+            rows.append({"level": level, "scratch": None, "grown": None, "speedup": None, "unreached": str(e)})
+            continue
+        results.append(r)
+        rows.append({"level": r["loss"], "scratch": r["scratch"], "grown": r["grown"], "speedup": r["speedup"]})
+    if not results:
+        raise ValueError(rows[0]["unreached"] + (" (nor any other level given)" if len(rows) > 1 else ""))
     out = dict(results[-1])
-    out["levels"] = [{"level": r["loss"], "scratch": r["scratch"], "grown": r["grown"], "speedup": r["speedup"]}
-                     for r in results]
+    out["levels"] = rows
     out["warnings"] = list(dict.fromkeys([w for r in results for w in r["warnings"]] + skipped))
     return out
 
@@ -243,6 +255,9 @@ def format_levels(res: dict, dirs: Dict[str, str], how: str) -> str:
              f"{'grown eq-tokens':>17} {'speedup':>8}"]
     for row in res["levels"]:
         s, g = row["scratch"], row["grown"]
+        if row["speedup"] is None:
+            lines.append(f"{row['level']:10.4f}  not compared: {row['unreached']}")
+            continue
         lines.append(f"{row['level']:10.4f} {s['flops']:13.3e} {g['flops']:13.3e} "
                      f"{s['scratch_equivalent_tokens']:17.3e} {g['scratch_equivalent_tokens']:17.3e} "
                      f"{row['speedup']:8.1%}")

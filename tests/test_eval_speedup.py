@@ -248,6 +248,12 @@ def test_loss_levels_on_linear_curves(tmp_path):
     assert res["grown"]["scratch_equivalent_tokens"] == pytest.approx(600)  # 6000 FLOPs / 10 per token
     given = sp.speedup_levels(scratch, grown, [3.0, 3.5])  # reported in the order training reaches them
     assert [lv["level"] for lv in given["levels"]] == [3.5, 3.0] and not given["loss_is_default"]
+    # a level one run never reaches is a row that says so; the others are still compared
+    part = sp.speedup_levels(scratch, grown, [3.5, 2.0])
+    assert [lv["speedup"] for lv in part["levels"]] == [pytest.approx(0.875), None]
+    assert "never reaches val_loss 2.0000" in part["levels"][1]["unreached"] and part["loss"] == 3.5
+    with pytest.raises(ValueError, match="never reaches"):
+        sp.speedup_levels(scratch, grown, [2.0, 1.0])
 
 
 def test_levels_cli_table_and_json(tmp_path, capsys):
