@@ -3,7 +3,7 @@ file that holds one record per scored checkpoint.
 
 A run's checkpoints are its complete step-NNNNNNNN directories (meta.json written last, so a checkpoint being
 saved is not seen) and, where no step checkpoint has its step, its final/ export. A step checkpoint is read into
-memory (lit_gpt.checkpoint.consolidate) and scored from there: nothing is written beside the run. A record is
+memory (lit_gpt.consolidate) and scored from there: nothing is written beside the run. A record is
 the JSON of eval/run.py for one checkpoint plus `run` and `checkpoint_id` (a hash of the checkpoint's meta.json
 or training.json): with the scoring settings it says whether a checkpoint was scored already, so a rerun scores
 only what is new, and a run trained again into the same out_dir (--force) is scored again.
@@ -220,7 +220,8 @@ def load_candidate(candidate: Candidate, tokenizer_dir: Optional[Path]):
     Raises:
         CheckpointError: damage, masks still ramping (check_masks_settled), no tokenizer to be found."""
     from growth.io import run_tokenizer
-    from lit_gpt.checkpoint import check_masks_settled, consolidate, run_growth
+    from lit_gpt.checkpoint import check_masks_settled, run_growth
+    from lit_gpt.consolidate import consolidate
     from lit_gpt.config import Config
 
     path = candidate.path

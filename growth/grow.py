@@ -10,7 +10,7 @@ from growth.layers import connection_rate, resolve
 from growth.operators import (DEPTH_OPERATORS, check_no_shrink, check_noise, map_moments, noise_tensor,
                               random_depth, random_depth_masked_layers)
 from growth.width import WIDTH_OPERATORS, random_width_masks
-from lit_gpt.checkpoint import consolidate_optimizer
+from lit_gpt.consolidate import consolidate_optimizer
 from lit_gpt.cli import ArgumentParser
 from lit_gpt.config import Config
 from lit_gpt.convert import model_family

@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from growth.writers import Transform, write_pth, write_safetensors
-from lit_gpt.checkpoint import check_intact, check_masks_settled, consolidate, read_record, run_growth
+from lit_gpt.checkpoint import check_intact, check_masks_settled, read_record, run_growth
+from lit_gpt.consolidate import consolidate
 from lit_gpt.config import Config
 from lit_gpt.convert import expected_shapes
 from lit_gpt.files import atomic_dir, check_writable_target, save_torch, sha256_file, writing

@@ -260,7 +260,7 @@ def load(fabric, path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
 
     def read() -> None:
         found["meta"] = check_intact(path)
-        _dcp_load(state, path, fabric.world_size == 1, "into this model and optimizer")
+        dcp_load(state, path, fabric.world_size == 1, "into this model and optimizer")
         rng_file = path / f"rng-rank{fabric.global_rank}.pt"
         if rng_file.is_file():  # absent when resuming on more ranks than saved: those ranks keep their seeds
             try:
@@ -276,7 +276,7 @@ def load(fabric, path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     return found["meta"]
 
 
-def _dcp_load(state: Dict[str, Any], path: Path, no_dist: bool, into: str) -> None:
+def dcp_load(state: Dict[str, Any], path: Path, no_dist: bool, into: str) -> None:
     """dcp.load with its failures (CheckpointException, a BaseException) as one CheckpointError naming `path`.
 
     `damage` has passed by then, so what fails here is most likely corruption inside a shard."""
@@ -433,73 +433,9 @@ def check_masks_settled(path: Path) -> None:
                               "saved in the weights; use the run's final/ export (masks baked in) or a later step")
 
 
-def consolidate(path: Path) -> Dict[str, torch.Tensor]:
-    """A training checkpoint's model weights as one plain state dict, read in this process (no ranks).
-
-    Raises:
-        CheckpointError: `path` is incomplete, damaged or unreadable (one line naming it).
-    """
-    check_intact(path)
-    from lit_gpt.model import GPT
-
-    config = Config.from_json(path / "lit_config.json")
-    with torch.device("meta"):
-        template = GPT(config).state_dict()
-    state = {"model": {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}}
-    _dcp_load(state, path, True, "as the model of its lit_config.json")
-    return state["model"]
-
-
 @contextmanager
 def _single_process_quiet():
     """DCP warns on every single-process save and load, which is our intended use there."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
         yield
-
-
-def consolidate_optimizer(path: Path) -> Dict[str, Any]:
-    """A training checkpoint's AdamW moments as plain tensors keyed by parameter name, read in one process:
-    {"step": float, "exp_avg": {name: tensor}, "exp_avg_sq": {name: tensor}}.
-
-    A run that froze parameters (--trainable) saved no state for them: their moments are zeros, as a parameter
-    that has not moved yet.
-
-    Raises:
-        CheckpointError: `path` is damaged, or holds no AdamW state for some parameter its run trained (e.g.
-            saved before the first optimizer step).
-    """
-    weights = consolidate(path)
-    # a tied embedding is one parameter: the optimizer state is saved once, under its first name, the LM head's
-    tied = Config.from_json(path / "lit_config.json").tie_embeddings
-    template = {name: {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(t, dtype=torch.float32),
-                       "exp_avg_sq": torch.zeros_like(t, dtype=torch.float32)} for name, t in weights.items()
-                if not (tied and name == "transformer.wte.weight")}
-    saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    absent = [f"optimizer.state.{name}.{key}" for name, moments in template.items() for key in moments
-              if f"optimizer.state.{name}.{key}" not in saved]
-    froze = run_hparams(path).get("trainable", "all") != "all"
-    if absent and not froze or len(absent) == 3 * len(template):
-        raise CheckpointError(f"{path} holds no AdamW state for some parameter its run trained (no {absent[0]}); "
-                              "a checkpoint saved before the first optimizer step has none")
-    loaded = {name: moments for name, moments in template.items() if f"optimizer.state.{name}.step" in saved}
-    _dcp_load({"optimizer": {"state": loaded}}, path, True, "as AdamW moments")
-    steps = {float(v["step"]) for v in loaded.values()}
-    if tied:
-        template["transformer.wte.weight"] = template["lm_head.weight"]
-    return {"step": max(steps), "exp_avg": {k: v["exp_avg"] for k, v in template.items()},
-            "exp_avg_sq": {k: v["exp_avg_sq"] for k, v in template.items()}}
-
-
-def carry_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, moments: Dict[str, Any]) -> None:
-    """Collective: installs full (unsharded) AdamW moments into a fresh optimizer, sharding them as the model.
-    Only the optimizer's own parameters take them: frozen ones (--trainable) have no state to carry into."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
-    current = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
-    trained = {name for group in current["param_groups"] for name in group["params"]}
-    state = {name: {"step": torch.tensor(float(moments["step"])), "exp_avg": moments["exp_avg"][name],
-                    "exp_avg_sq": moments["exp_avg_sq"][name]} for name in moments["exp_avg"] if name in trained}
-    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": current["param_groups"]},
-                             options=StateDictOptions(full_state_dict=True))
-

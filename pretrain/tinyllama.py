@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from lit_gpt import Config, FusedCrossEntropyLoss  # noqa: E402
 from lit_gpt.config import param_count  # noqa: E402
 from lit_gpt import checkpoint as ckpt  # noqa: E402
+from lit_gpt.consolidate import carry_optimizer_state  # noqa: E402
 from lit_gpt.distributed import (Agreement, RankFailure, Stopped, StoppedEarly, Watchdog,  # noqa: E402
                                  externally_launched, launch_local, launch_rank, on_rank_zero,
                                  STOP_SIGNALS, stop_early_on_signals, stop_reported)
@@ -162,7 +163,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     else:
         if args.optimizer_state == "carry":
             moments = torch.load(initial_weights_path(args).parent / "optimizer_moments.pth", weights_only=True)
-            ckpt.carry_optimizer_state(model.module, optimizer.optimizer, moments)
+            carry_optimizer_state(model.module, optimizer.optimizer, moments)
             log(f"carried the base model's AdamW moments (step {moments['step']:.0f})")
         flops = float(growth.get("base_flops") or 0.0)
         # a grown model continues the stream where its base stopped (paper: fresh data after growth); after

@@ -22,9 +22,10 @@ if __name__ == "__main__":  # before torch: Ctrl-C while importing is one line
     guard_command()
 
 from lit_gpt.cli import ArgumentParser  # noqa: E402
-from lit_gpt.checkpoint import (check_intact, check_masks_settled, consolidate, find_latest, run_growth,  # noqa: E402
+from lit_gpt.checkpoint import (check_intact, check_masks_settled, find_latest, run_growth,  # noqa: E402
                                 write_weights)
 from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.consolidate import consolidate  # noqa: E402
 from lit_gpt.files import check_writable_target, missing  # noqa: E402
 from lit_gpt.utils import CheckpointError  # noqa: E402
 

@@ -9,6 +9,7 @@ from conftest import small_config
 
 from lit_gpt import GPT
 from lit_gpt import checkpoint as ckpt
+from lit_gpt.consolidate import consolidate, consolidate_optimizer
 from lit_gpt.utils import CheckpointError
 
 
@@ -45,7 +46,7 @@ def test_round_trip_and_consolidate(setup, tmp_path):
     assert meta["data"] == {"x": 1}
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], moments)
-    offline = ckpt.consolidate(tmp_path / "step-00000003")
+    offline = consolidate(tmp_path / "step-00000003")
     assert all(torch.equal(weights[k], offline[k]) for k in weights)
 
 
@@ -126,7 +127,7 @@ def test_damage_is_named_by_every_reader(setup, tmp_path, kind):
     damage(path)
     assert words in ckpt.damage(path)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    for read in (ckpt.check_intact, ckpt.consolidate, ckpt.consolidate_optimizer, ckpt.check_masks_settled,
+    for read in (ckpt.check_intact, consolidate, consolidate_optimizer, ckpt.check_masks_settled,
                  lambda p: ckpt.load(fabric, p, model, optimizer)):
         with pytest.raises(CheckpointError) as error:
             read(path)
@@ -141,7 +142,7 @@ def test_corruption_inside_a_shard_is_one_line_at_load(setup, tmp_path):
     shard = next(path.glob("*.distcp"))
     shard.write_bytes(bytes(shard.stat().st_size))
     assert ckpt.damage(path) is None
-    for read in (ckpt.consolidate, lambda p: ckpt.load(fabric, p, model, optimizer)):
+    for read in (consolidate, lambda p: ckpt.load(fabric, p, model, optimizer)):
         with pytest.raises(CheckpointError, match="if it is damaged, move it aside") as error:
             read(path)
         assert str(error.value).startswith(f"{path} cannot be loaded ") and "\n" not in str(error.value)

@@ -18,6 +18,7 @@ from test_pretrain import SCRIPT, args_for, data_dir, final_weights, metrics, tr
 
 from lit_gpt import Config
 from lit_gpt import checkpoint as ckpt
+from lit_gpt.consolidate import consolidate
 
 STEPS = ("--max_steps", 4, "--save_interval", 2, "--eval_interval", 2)
 # every column but the timings, which differ between any two runs
@@ -153,7 +154,7 @@ def test_export_replaces_only_with_force_and_follows_the_umask(straight, tmp_pat
         assert export(["--checkpoint_dir", str(step), "--out_dir", str(out), "--force"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["lit_config.json", "lit_model.pth", "training.json"]
     assert mode(out) == 0o750 and {mode(p) for p in out.iterdir()} == {0o640}
-    exported, consolidated = torch.load(out / "lit_model.pth", weights_only=True), ckpt.consolidate(step)
+    exported, consolidated = torch.load(out / "lit_model.pth", weights_only=True), consolidate(step)
     assert all(torch.equal(exported[k], v) for k, v in consolidated.items())
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no temporary directory left
     capsys.readouterr()

@@ -9,7 +9,7 @@ from conftest import ROOT, in_one_process
 from test_pretrain import MODEL, args_for, data_dir, metrics, train  # noqa: F401 - data_dir is a fixture
 
 from lit_gpt import Config
-from lit_gpt.checkpoint import consolidate_optimizer
+from lit_gpt.consolidate import consolidate_optimizer
 
 
 def run(*args):

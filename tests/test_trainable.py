@@ -11,7 +11,7 @@ from conftest import command_error, in_one_process, run_group
 from test_pretrain import MODEL, SCRIPT, args_for, data_dir, final_weights, metrics, train  # noqa: F401
 
 from lit_gpt import Config
-from lit_gpt.checkpoint import consolidate_optimizer
+from lit_gpt.consolidate import consolidate_optimizer
 from lit_gpt.model import GPT
 from pretrain.train_args import UsageError
 from pretrain.trainable import freeze, new_layers, trainable_names
