@@ -143,10 +143,12 @@ def evaluate_run(args: argparse.Namespace) -> None:
                 if along.settings_key({**tasks.settings(), "checkpoint_id": c.checkpoint_id}) not in scored]
         print(f"{run_dir}: {len(candidates)} checkpoint(s) chosen, {len(candidates) - len(todo)} scored already, "
               f"{len(todo)} to score into {out}", file=sys.stderr, flush=True)
+        written = 0
         for i, c in enumerate(todo, 1):
             scored_one = score_candidate(c, run_dir, tasks, args.tokenizer_dir, warn)
             if scored_one is None:
                 continue
+            written += 1
             path, info, results = scored_one
             output.append(json_safe({"run": str(run_dir), "checkpoint": str(path), "checkpoint_id": c.checkpoint_id,
                                      "name": args.name or run_dir.name, "config": info["config"],
@@ -155,6 +157,9 @@ def evaluate_run(args: argparse.Namespace) -> None:
             summary = ", ".join(f"{t} {k.split(',')[0]} {v:.4g}" for t, m in results.items() for k, v in m.items()
                                 if k.split(",")[0] in ("acc", "word_perplexity") and isinstance(v, float))
             print(f"[{i}/{len(todo)}] step {c.step} ({c.tokens:,} tokens): {summary}", file=sys.stderr, flush=True)
+    if todo and not written:
+        raise ValueError(f"none of the {len(todo)} checkpoint(s) to score could be scored (the warnings above say "
+                         "why); choose others with --steps, or score final/ with --checkpoint_dir")
     print(f"wrote {out}", file=sys.stderr)
 
 

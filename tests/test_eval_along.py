@@ -235,3 +235,19 @@ def test_a_damaged_checkpoint_is_skipped_or_replaced_by_final(runs, tmp_path, ca
     err = capsys.readouterr().err
     assert "step-00000002 skipped" in err and "scored final/ (the same step) instead" in err
     assert [(r["training"]["step"], r["checkpoint"]) for r in records(run)] == [(4, str(run / "final"))]
+
+
+def test_a_scoring_that_could_score_nothing_is_an_error(runs, tmp_path, capsys):
+    """Not `wrote` and exit 0 when every checkpoint to score was skipped."""
+    import shutil
+
+    from eval import run as eval_run
+
+    _, scratch, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(scratch, run, ignore=shutil.ignore_patterns("eval.jsonl", "final"))
+    next((run / "step-00000002").glob("*.distcp")).unlink()
+    code = eval_run.main(["--run", str(run), "--tasks", "sample_mc", "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.splitlines()[-1].startswith("error: none of the 1 checkpoint(s) to score could be")
+    assert not (run / "eval.jsonl").exists()
