@@ -164,6 +164,11 @@ class PackedDataset(IterableDataset):
         return {"epoch": self._epoch, "buffer_start": self._start, "position": self._pos, "blocks": self._blocks,
                 **self._identity()}
 
+    @property
+    def blocks(self) -> int:
+        """Blocks yielded or skipped so far, over every epoch."""
+        return self._blocks
+
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         mismatched = [f"{key}: saved {state.get(key)!r}, here {value!r}" for key, value in self._identity().items()
                       if state.get(key) != value]
@@ -288,6 +293,13 @@ class CombinedDataset(IterableDataset):
         version, internal, gauss_next = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss_next))
         self._samples = state["samples"]
+
+    def shares(self) -> List[float]:
+        """Each source's share of the samples drawn so far (skipped ones included), in the order of the datasets;
+        all zeros before the first. Sources without a `blocks` count (not a `PackedDataset`) count as 0."""
+        counts = [getattr(dataset, "blocks", 0) for dataset in self._datasets]
+        total = sum(counts)
+        return [count / total if total else 0.0 for count in counts]
 
     def skip(self, n: int) -> None:
         """Advance by `n` samples: the same source draws as iterating, then each source skips its share."""

@@ -31,6 +31,20 @@ def data_files(directory: Path, prefix: str, check: bool = False) -> list:
     return files
 
 
+def left_out_sources(args: TrainArgs) -> list:
+    """One warning per training source in --train_data_dir that --data_prefixes leaves out, such as upstream's
+    train_starcoder files beside train_slimpajama in data/slim_star_combined (whose run trained on both)."""
+    found = {}
+    for path in Path(args.train_data_dir).glob("train_*.bin"):
+        source = "_".join(path.name.split("_")[:-2])  # {split}_{name}_{proc}_{counter}.bin
+        if source and not any(source.startswith(prefix) for prefix in args.data_prefixes):
+            found[source] = found.get(source, 0) + 1
+    return [f"{args.train_data_dir} also holds {n} {source}_*.bin files, which --data_prefixes "
+            f"{' '.join(args.data_prefixes)} leaves out; add them with --data_prefixes and --data_weights "
+            "(upstream's SlimPajama + StarCoder mixture: --config pretrain/configs/tinyllama_1b.yaml; UPSTREAM.md)"
+            for source, n in sorted(found.items())]
+
+
 def data_tokenizer(args: TrainArgs, config: Config) -> DataTokenizer:
     """The run's tokenizer (--tokenizer_dir, else the one the data's records name, else
     <train_data_dir>/../tokenizer), checked against the data's records and the model's vocabulary."""

@@ -51,7 +51,7 @@ from lit_gpt.flops import flops_per_token, run_accounting  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, format_duration  # noqa: E402
 from pretrain.downstream import DownstreamEval  # noqa: E402
 from pretrain.parallel import growth_record, initial_weights_path, make_fabric, setup_model  # noqa: E402
-from pretrain.preflight import data_files, data_tokenizer, make_out_dir, validate  # noqa: E402
+from pretrain.preflight import data_files, data_tokenizer, left_out_sources, make_out_dir, validate  # noqa: E402
 from pretrain.train_args import TrainArgs  # noqa: E402
 
 
@@ -128,8 +128,8 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     watchdog = Watchdog(rank, world, args.collective_timeout * 60)
     log = progress_printer(rank)  # once per job, not per node
     tokenizer = data_tokenizer(args, config)
-    if tokenizer.warning and rank == 0:
-        print(f"warning: {tokenizer.warning}", file=sys.stderr, flush=True)
+    for warning in ([tokenizer.warning] if tokenizer.warning else []) + left_out_sources(args) if rank == 0 else ():
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     watchdog.phase("start-up (building, sharding and initialising the model)")
     block = args.block_size or config.block_size
     accumulation = args.global_batch_size // (args.micro_batch_size * world)
@@ -146,6 +146,11 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         log(f"training {trainable:,} of {param_count(config):,} parameters (--trainable {args.trainable!r}); the "
             "others are frozen")
     loader = create_train_loader(args, block, accumulation, fabric, config.padded_vocab_size)
+    if len(args.data_prefixes) > 1:
+        weights = args.data_weights or [1.0] * len(args.data_prefixes)
+        log("mixture: " + ", ".join(f"{prefix} {w / sum(weights):.1%}" for prefix, w in zip(args.data_prefixes,
+                                                                                         weights))
+            + " of the sequences, drawn one by one; each source's share so far is logged as share_PREFIX")
     loss_fn = FusedCrossEntropyLoss()
 
     step, tokens, flops, resume_step, skipped = 0, 0, 0.0, None, 0
@@ -249,7 +254,7 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         train_loss = fabric.all_reduce(loss_sum / accumulation, reduce_op="mean").item()
         row = {"step": step, "tokens": tokens, "flops": flops, "paper_flops": accounting()["paper_flops"],
                "train_loss": train_loss, "lr": lr, "tokens_per_sec": monitor.tokens_per_sec(), "mfu": monitor.mfu(),
-               "elapsed_sec": time.perf_counter() - start}
+               "elapsed_sec": time.perf_counter() - start, **source_shares(loader, args)}
         if args.eval_interval and (step % args.eval_interval == 0 or step == max_steps):
             watchdog.phase(f"validation after step {step}")
             val = validate_loss(fabric, model, args, block, loss_fn)
@@ -281,7 +286,16 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
     agreement.check(fabric)  # a failure of rank 0's last metrics row or pruning is not lost
     watchdog.phase(None)
     ignore_signals(STOP_SIGNALS)  # final/ is written: a stop from now on must not turn the finished run into a failure
-    log(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}")
+    shares = source_shares(loader, args)
+    log(f"done: {step} steps, {tokens:,} tokens; weights in {out_dir / 'final'}"
+        + ("; drawn: " + ", ".join(f"{k[len('share_'):]} {v:.1%}" for k, v in shares.items()) if shares else ""))
+
+
+def source_shares(loader: GlobalBatchLoader, args: TrainArgs) -> dict:
+    """{share_PREFIX: the source's share of the sequences drawn so far, skipped ones included} for a mixture."""
+    if not isinstance(loader.dataset, CombinedDataset):
+        return {}
+    return {f"share_{prefix}": share for prefix, share in zip(args.data_prefixes, loader.dataset.shares())}
 
 
 def progress_printer(rank: int):

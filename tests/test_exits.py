@@ -15,7 +15,7 @@ from lit_gpt import GPT
 # the commands a user runs as scripts; each calls guard_command() before anything that imports torch
 SCRIPTS = ["pretrain/tinyllama.py", "eval/run.py", "eval/speedup.py", "eval/table.py", "eval/plot.py",
            "scripts/reproduce.py", "scripts/demo.py", "scripts/prepare_sample_data.py", "scripts/prepare_slimpajama.py",
-           "scripts/convert_hf_checkpoint.py", "scripts/convert_lit_checkpoint.py", "scripts/export_checkpoint.py"]
+           "scripts/prepare_starcoder.py", "scripts/convert_hf_checkpoint.py", "scripts/convert_lit_checkpoint.py", "scripts/export_checkpoint.py"]
 STDLIB_OR_LIGHT = ("lit_gpt.exits", "lit_gpt.cli", "tqdm", *sys.stdlib_module_names)
 
 

@@ -137,11 +137,21 @@ def test_prepare_two_processes(source, tokenizer_dir, tmp_path):
 def test_validation_split_and_summary(source, tokenizer_dir, tmp_path):
     code, out, err = run_main("--source_path", source, "--tokenizer_path", tokenizer_dir, "--destination_path",
                               tmp_path, "--split", "validation", "--chunk_size", 64, "--block_size", 4,
-                              "--num_processes", 2)
+                              "--num_processes", 2, "--percentage", 1.0)  # upstream PRETRAIN.md's flags
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer", "validation_slimpajama.record.json",
                                                           "validation_slimpajama_0_0000000000.bin"]
     assert "1 documents" in out and "skipped 0 RedPajamaGithub rows and 0 malformed lines" in out
+
+
+def test_percentage_reads_the_same_spread_of_files(source, tokenizer_dir, tmp_path):
+    files = prep.find_files(source, "train")  # chunk1/example_train_0, chunk2/example_train_2, chunk2/sub/example_train_1
+    stats = prep.prepare(source, tokenizer_dir, tmp_path, "train", chunk_size=16, num_processes=1, block_size=4,
+                         progress=False, percentage=0.5)
+    assert (stats["input_files"], stats["found_files"]) == (1, 3)
+    assert "from 1 input files (1 of 3 found)" in prep.summary(stats)
+    texts = [text for text in prep.read_texts(files[1], Counter())]
+    assert stats["documents"] == len(texts) == 3
 
 
 @pytest.mark.parametrize("case", ["no_files", "no_tokenizer", "bad_split", "existing_output", "bad_chunk"])
@@ -171,7 +181,7 @@ def test_help_explains_every_flag():
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         prep.main(["--help"])
     for flag in ("--source_path", "--tokenizer_path", "--destination_path", "--split", "--chunk_size",
-                 "--num_processes", "--block_size"):
+                 "--num_processes", "--block_size", "--percentage"):
         assert flag in out.getvalue()
 
 
