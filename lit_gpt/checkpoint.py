@@ -322,6 +322,20 @@ def full_weights(model: torch.nn.Module, config: Config) -> Dict[str, torch.Tens
     return state
 
 
+def own_storages(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """`state` with every tensor in a contiguous storage of exactly its own size, copied where it is not (a view,
+    the second key of a tied head): what torch.save writes for readers that take each tensor alone (upstream
+    TinyLlama's files; safetensors, which refuses shared storages)."""
+    seen, out = set(), {}
+    for key, tensor in state.items():
+        storage = tensor.untyped_storage()
+        alone = (tensor.is_contiguous() and tensor.storage_offset() == 0 and storage.data_ptr() not in seen
+                 and storage.nbytes() == tensor.numel() * tensor.element_size())
+        out[key] = tensor if alone else tensor.clone(memory_format=torch.contiguous_format)
+        seen.add(storage.data_ptr())
+    return out
+
+
 def write_weights(state: Dict[str, torch.Tensor], config: Config, out_dir: Path,
                   tokenizer_dir: Optional[Path] = None, training: Optional[Dict[str, Any]] = None,
                   growth: Optional[Dict[str, Any]] = None) -> None:

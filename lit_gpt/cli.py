@@ -66,7 +66,7 @@ def whole_count(text: str) -> int:
     return int(value)
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -102,11 +102,15 @@ def _flags(cls: type) -> List[_Flag]:
         if typing.get_origin(annotation) in (list, List):
             annotation, nargs = typing.get_args(annotation)[0], "+"
         elif annotation is bool:
-            annotation, nargs = _parse_bool, "?"
+            annotation, nargs = parse_bool, "?"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flags.append(_Flag(f.name, f.metadata.get("parse", annotation), nargs, f.metadata.get("choices"), optional,
                            default, f.metadata.get("help", "")))
     return flags
+
+
+# flags and values of upstream TinyLlama's commands that no command here takes; UPSTREAM.md says why and what to use
+UPSTREAM_ONLY = ("--tpu", "16-mixed")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -134,7 +138,9 @@ class ArgumentParser(argparse.ArgumentParser):
         return spelled + eq + value if spelled in self._option_string_actions else arg
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        upstream = [word for word in UPSTREAM_ONLY if re.search(rf"(^|[\s'=]){re.escape(word)}($|[\s'=])", message)]
+        hint = f"; {', '.join(upstream)}: upstream TinyLlama's, not taken here (see UPSTREAM.md)" if upstream else ""
+        self.exit(2, f"error: {message}{hint} (see {self.prog} --help)\n")
 
 
 def parse(cls: Type[T], argv: Optional[List[str]] = None, description: str = "") -> T:

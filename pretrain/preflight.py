@@ -57,6 +57,7 @@ def data_tokenizer(args: TrainArgs, config: Config) -> DataTokenizer:
 def validate(args: TrainArgs) -> Config:
     """Everything that can be checked before processes start and memory is spent."""
     args.check()
+    check_resume_target(args)
     check_out_dir(args)
     config = model_config(args)
     args.check_schedule(args.run_steps(args.block_size or config.block_size))  # --max_tokens: steps known now
@@ -105,6 +106,21 @@ def validate(args: TrainArgs) -> Config:
         ckpt.check_config(resumed, config)  # for auto, its warnings come from `resume_point`, once, on rank 0
         check_same_run(resumed, args)
     return config
+
+
+def check_resume_target(args: TrainArgs) -> None:
+    """Refuses `--resume FILE`: a resume reads a step-NNNNNNNN directory, and a single file, upstream TinyLlama's
+    iter-NNNNNN-ckpt.pth above all, holds too little for one.
+
+    Raises:
+        UsageError: one line naming the file and the way to start from its weights instead.
+    """
+    if args.resume in (None, "auto") or not Path(args.resume).is_file():
+        return
+    raise UsageError(f"--resume {args.resume} is a file: upstream TinyLlama's single-file checkpoints "
+                     "(iter-NNNNNN-ckpt.pth) cannot be resumed here (they hold no data-loader position, and their "
+                     "optimizer state is FSDP-1's); start from its weights with --initial_checkpoint "
+                     f"{args.resume} (a fresh optimizer) and --skip_tokens N to skip the data it saw (see UPSTREAM.md)")
 
 
 def check_same_run(path: Path, args: TrainArgs) -> None:

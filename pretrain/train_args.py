@@ -1,10 +1,11 @@
 """Every hyperparameter of `pretrain/tinyllama.py`, settable by flag or by a YAML recipe (`--config`)."""
 
+import argparse
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional, Tuple
 
-from lit_gpt.cli import whole_count
+from lit_gpt.cli import parse_bool, whole_count
 from lit_gpt.lr_schedule import DECAY_SHAPES, DEFAULT_DECAY_FRACTION, SCHEDULES, wsd_decay_steps
 
 DEFAULT_MODEL = "4L128H"  # the model of a run that names none and starts from no checkpoint
@@ -16,6 +17,15 @@ class UsageError(ValueError):
 
 def _h(text: str, **extra) -> dict:
     return {"help": text, **extra}
+
+
+def _resume(text: str) -> Optional[str]:
+    """--resume's value: upstream's bool form (True: 'auto', False: None, in any spelling `parse_bool` takes),
+    else the text itself ('auto' or a checkpoint directory)."""
+    try:
+        return "auto" if parse_bool(text) else None
+    except argparse.ArgumentTypeError:
+        return text
 
 
 @dataclass
@@ -93,7 +103,10 @@ class TrainArgs:
     keep_last: Optional[int] = field(default=None, metadata=_h(
         "keep only the newest N step-* checkpoints (default: keep all; a 7B checkpoint is ~95 GB)"))
     log_interval: int = field(default=1, metadata=_h("steps between progress lines and metrics rows"))
-    resume: Optional[str] = field(default=None, metadata=_h("'auto' (newest step-* in out_dir) or a checkpoint"))
+    resume: Optional[str] = field(default=None, metadata=_h(
+        "'auto' (the newest undamaged step-* in out_dir) or a step-NNNNNNNN checkpoint directory; upstream's bool "
+        "form also works: True is auto, False no resume. Upstream's single-file iter-NNNNNN-ckpt.pth cannot be "
+        "resumed: start from it with --initial_checkpoint", parse=_resume))
     force: bool = field(default=False, metadata=_h(
         "train into an out_dir that holds another run's checkpoints or final/ without resuming it (they are "
         "overwritten step by step); without it such an out_dir is refused"))

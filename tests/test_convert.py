@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import ROOT, mode, small_config, umask
+from conftest import ROOT, command_error, mode, small_config, umask
 from safetensors.torch import load_file, save_file
 
 from lit_gpt import GPT, Config
@@ -370,3 +370,94 @@ def test_failed_lit_conversion_write_names_the_file_and_leaves_nothing(tmp_path)
     result = run(LIT_SCRIPT, "--checkpoint_path", ckpt, "--out_dir", tmp_path / "file" / "hf")
     assert_refused(result, f"{tmp_path / 'file'}: a path component is a file")
     assert files_in(tmp_path) == ["file", "hf", "run"]
+
+
+# ---- upstream TinyLlama's form: --checkpoint_name NAME --out_dir DIR (the folder holding it) ----
+
+ITER = "iter-000100-ckpt.pth"
+
+
+def upstream_checkpoint(directory: Path, config: Config = None) -> GPT:
+    """An upstream training checkpoint, DIR/iter-000100-ckpt.pth, of a tiny named config; returns its model."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(2)
+    model = GPT(config or Config.from_name("2L128H")).eval()
+    torch.save({"model": model.state_dict(), "iter_num": 100, "step_count": 12}, directory / ITER)
+    return model
+
+
+def test_upstream_form_loads_in_transformers(tmp_path):
+    lit = upstream_checkpoint(tmp_path)
+    argv = ["--checkpoint_name", ITER, "--out_dir", tmp_path, "--model_name", "2L128H"]
+    assert run(LIT_SCRIPT, *argv).returncode == 0  # upstream's default --model_only True: the weights alone
+    assert files_in(tmp_path) == ["iter-000100-ckpt.bin", ITER]
+    assert_refused(run(LIT_SCRIPT, *argv, "--model_only", "False"), f"{tmp_path / 'iter-000100-ckpt.bin'} exists",
+                   "--force")
+    result = run(LIT_SCRIPT, *argv, "--model_only", "False", "--force")
+    assert result.returncode == 0, result.stderr
+    assert files_in(tmp_path) == ["config.json", "iter-000100-ckpt.bin", ITER]
+    hf = transformers.LlamaForCausalLM(transformers.AutoConfig.from_pretrained(tmp_path)).eval()
+    hf.load_state_dict(torch.load(tmp_path / "iter-000100-ckpt.bin", weights_only=True))  # strict: every key
+    idx = torch.randint(0, lit.config.padded_vocab_size, (2, 64))
+    with torch.no_grad():
+        assert (lit(idx) - hf(idx).logits).abs().max().item() <= 1e-4
+
+
+def test_upstream_form_writes_the_tensors_of_our_form(tmp_path):
+    """A bare lit_model.pth with lit_config.json beside it (no --model_name); --model_only in every spelling."""
+    lit_checkpoint(tmp_path / "run")
+    result = run(LIT_SCRIPT, "--checkpoint_path", tmp_path / "run" / "lit_model.pth", "--out_dir", tmp_path / "hf")
+    assert result.returncode == 0, result.stderr
+    ours = load_file(tmp_path / "hf" / "model.safetensors")
+    for spelling, with_config in (("True", False), ("1", False), ("true", False), ("false", True), ("0", True)):
+        result = run(LIT_SCRIPT, "--checkpoint_name", "lit_model.pth", "--out_dir", tmp_path / "run", "--model_only",
+                     spelling, "--force")
+        assert result.returncode == 0, result.stderr
+        assert ((tmp_path / "run" / "config.json").is_file()) == with_config, spelling
+    assert files_in(tmp_path / "run") == ["config.json", "lit_config.json", "lit_model.bin", "lit_model.pth"]
+    upstream = torch.load(tmp_path / "run" / "lit_model.bin", weights_only=True)
+    assert sorted(upstream) == sorted(ours) and all(torch.equal(upstream[k], ours[k]) for k in ours)
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == json.loads(
+        (tmp_path / "hf" / "config.json").read_text())
+
+
+def test_upstream_form_bad_input(tmp_path, capsys):
+    main = SCRIPTS[LIT_SCRIPT].main
+    upstream_checkpoint(tmp_path)
+    name = ["--checkpoint_name", ITER, "--out_dir", str(tmp_path)]
+    assert "or --checkpoint_name NAME (upstream's form, --out_dir the folder holding it), not both" in command_error(
+        capsys, main, [*name, "--checkpoint_path", str(tmp_path / ITER)], 2)
+    assert "--model_only belongs to upstream's form" in command_error(
+        capsys, main, ["--checkpoint_path", str(tmp_path / ITER), "--out_dir", str(tmp_path / "hf"),
+                       "--model_only", "False"], 2)
+    assert "give --checkpoint_path FILE" in command_error(capsys, main, ["--out_dir", str(tmp_path)], 2)
+    assert "expected true or false, got 'maybe'" in command_error(capsys, main, [*name, "--model_only", "maybe"], 2)
+    err = command_error(capsys, main, ["--checkpoint_name", "iter-000200-ckpt.pth", "--out_dir", str(tmp_path)], 1)
+    assert f"{tmp_path / 'iter-000200-ckpt.pth'}: not found; in upstream's form (--checkpoint_name) --out_dir is " \
+           "the folder that holds the checkpoint" in err
+    assert "no lit_config.json beside" in command_error(capsys, main, name, 1)
+    assert "keys do not match the config" in command_error(capsys, main, [*name, "--model_name", "1L128H"], 1)
+    (tmp_path / "config.json").write_text("{}")  # someone's: kept without --force, and nothing else is written
+    err = command_error(capsys, main, [*name, "--model_name", "2L128H", "--model_only", "False"], 1)
+    assert f"{tmp_path / 'config.json'} exists; pass --force to replace it" in err
+    assert files_in(tmp_path) == ["config.json", ITER]
+    # the checks of our form hold here too: a tokenizer with more tokens than embedding rows
+    from tokenizers import Tokenizer, models
+
+    lit_checkpoint(tmp_path / "run")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i + 3 for i in range(100)}}
+    Tokenizer(models.WordLevel(vocab, unk_token="<unk>")).save(str(tmp_path / "run" / "tokenizer.json"))
+    err = command_error(capsys, main, ["--checkpoint_name", "lit_model.pth", "--out_dir", str(tmp_path / "run")], 1)
+    assert "vocab mismatch: the tokenizer" in err and "103 tokens" in err
+    assert files_in(tmp_path / "run") == ["lit_config.json", "lit_model.pth", "tokenizer.json"]
+
+
+def test_failed_upstream_form_write_leaves_nothing(tmp_path):
+    upstream_checkpoint(tmp_path)
+    (tmp_path / "iter-000100-ckpt.bin").write_text("old")
+    (tmp_path / "config.json").write_text("{}")
+    result = run_limited(LIT_SCRIPT, "--checkpoint_name", ITER, "--out_dir", tmp_path, "--model_name", "2L128H",
+                         "--model_only", "False", "--force")
+    assert_refused(result, f"{tmp_path / 'iter-000100-ckpt.bin'}: write failed", "disk full or file size limit?")
+    assert files_in(tmp_path) == ["config.json", "iter-000100-ckpt.bin", ITER]  # no temporary file left
+    assert (tmp_path / "iter-000100-ckpt.bin").read_text() == "old" and (tmp_path / "config.json").read_text() == "{}"
