@@ -3,6 +3,8 @@ spent (flags, out_dir, data files, tokenizer, initial and resumed checkpoints, -
 reported as one UsageError line by rank 0; every rank runs the same checks on the same input.
 """
 
+import os
+from dataclasses import fields
 from pathlib import Path
 
 from lit_gpt import Config
@@ -140,6 +142,38 @@ def check_same_run(path: Path, args: TrainArgs) -> None:
             raise UsageError(f"{path} is a run whose growth masks still ramp, built from the growth record beside "
                              f"its --initial_checkpoint: resume with --initial_checkpoint "
                              f"{hparams.get('initial_checkpoint')} as the run started") from None
+
+
+FABRIC_CLI = {"devices": "LT_DEVICES", "num_nodes": "LT_NUM_NODES", "precision": "LT_PRECISION",
+              "strategy": "LT_STRATEGY", "accelerator": "LT_ACCELERATOR"}
+
+
+def adopt_fabric_cli(args: TrainArgs, argv: list) -> None:
+    """Under `fabric run` (upstream launched with `lightning run model`, its old name): takes the launcher's
+    --devices, --num-nodes, --precision and --strategy, which it passes in LT_* variables (and whose names it
+    takes from the script's own flags too), and removes the variables, so that Lightning does not refuse the
+    Fabric this script builds from the same values.
+
+    Raises:
+        UsageError: the script's command line or recipe gives other values than the launcher's.
+    """
+    given = {name: os.environ.pop(env) for name, env in FABRIC_CLI.items() if env in os.environ}
+    os.environ.pop("LT_CLI_USED", None)
+    for name, value in given.items():
+        if name == "accelerator":
+            continue  # ours follows the machine: cuda where there is one
+        theirs = int(value) if name in ("devices", "num_nodes") and value.isdigit() else value
+        if name == "devices" and not isinstance(theirs, int):
+            raise UsageError(f"fabric run --devices={value}: give the number of processes per node (e.g. 8)")
+        allowed = next((f.metadata.get("choices") for f in fields(TrainArgs) if f.name == name), None)
+        if allowed and theirs not in allowed:
+            raise UsageError(f"fabric run --{name.replace('_', '-')}={value}: this script takes "
+                             f"{', '.join(allowed)} (see UPSTREAM.md)")
+        flag = f"--{name}"
+        explicit = any(a == flag or a.startswith(flag + "=") for a in argv)
+        if explicit and getattr(args, name) != theirs:
+            raise UsageError(f"{flag} {getattr(args, name)} disagrees with fabric run's {flag}={value}; give one")
+        setattr(args, name, theirs)
 
 
 def check_out_dir(args: TrainArgs) -> None:

@@ -51,7 +51,8 @@ from lit_gpt.flops import flops_per_token, run_accounting  # noqa: E402
 from lit_gpt.speed_monitor import MetricsLogger, Throughput, device_peak_flops, format_duration  # noqa: E402
 from pretrain.downstream import DownstreamEval  # noqa: E402
 from pretrain.parallel import growth_record, initial_weights_path, make_fabric, setup_model  # noqa: E402
-from pretrain.preflight import data_files, data_tokenizer, left_out_sources, make_out_dir, validate  # noqa: E402
+from pretrain.preflight import (adopt_fabric_cli, data_files, data_tokenizer, left_out_sources,  # noqa: E402
+                                make_out_dir, validate)
 from pretrain.train_args import TrainArgs  # noqa: E402
 
 
@@ -356,6 +357,7 @@ def run(argv=None) -> int:
 
     def launch() -> int:
         nonlocal started
+        adopt_fabric_cli(args, argv)
         config = validate(args)
         make_out_dir(Path(args.out_dir))
         if args.devices * args.num_nodes > 1 and not externally_launched():
