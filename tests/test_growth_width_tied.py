@@ -38,8 +38,11 @@ def grown_model(cfg, state):
 
 
 def max_error(model, grown):
+    """The largest logit difference, relative to the largest logit when that exceeds 1: fp32 rounding grows with
+    the logits' size (seen: 1.01e-5 absolute on logits of a few units)."""
     with torch.no_grad():
-        return (grown(IDX) - model(IDX)).abs().max().item()
+        reference = model(IDX)
+        return ((grown(IDX) - reference).abs().max() / reference.abs().max().clamp(min=1.0)).item()
 
 
 @settings(max_examples=15, deadline=None)
@@ -86,9 +89,7 @@ def test_direct_width_on_a_tied_model_preserves_the_function_when_norms_are_iden
             for block in m.transformer.h:
                 for norm in (block.norm_1, block.norm_2):
                     norm.forward = lambda x: x
-        with torch.no_grad():
-            expected = model(IDX)
-        assert max_error(model, grown) <= 1e-5 * max(1.0, expected.abs().max().item())
+        assert max_error(model, grown) <= 1e-5
 
 
 @pytest.mark.parametrize("ramp_step", [0, 6])
