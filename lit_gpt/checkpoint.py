@@ -149,12 +149,25 @@ def _reason(e: BaseException) -> str:
     return (text.splitlines()[0][:160] if text else type(e).__name__)
 
 
-def prune(out_dir: Path, keep: int, current: int) -> List[Path]:
+# what `save` writes into a step directory; anything else in one is a user's (an export) and is never deleted
+_SAVED = re.compile(r".*\.distcp|\.metadata|lit_config\.json|meta\.json|rng-rank\d+\.pt")
+
+
+def prune(out_dir: Path, keep: int, current: int, warn: Callable[[str], None] = lambda line: None) -> List[Path]:
     """Keeps the checkpoint of step `current` (just saved) and the newest `keep` - 1 complete ones before it,
     deletes the older ones and returns them. Later steps (left by a run resumed from an earlier checkpoint)
-    are not touched. Only the newest is ever resumed from; older ones matter for growth or analysis."""
+    are not touched. Only the newest is ever resumed from; older ones matter for growth or analysis. A step
+    directory that holds files `save` did not write (`scripts/export_checkpoint.py`'s default output goes
+    there) is kept whole, with one `warn` line."""
     found = sorted((s, p) for s, p in _complete(out_dir) if s < current)
-    doomed = [p for _, p in found[:max(0, len(found) - (keep - 1))]]
+    doomed = []
+    for _, path in found[:max(0, len(found) - (keep - 1))]:
+        foreign = sorted(p.name for p in path.iterdir() if not _SAVED.fullmatch(p.name))
+        if foreign:
+            warn(f"warning: kept {path} (--keep_last {keep}): it holds {', '.join(foreign)}, which training did not "
+                 "write; delete it yourself when that is no longer needed")
+        else:
+            doomed.append(path)
     for path in doomed:
         try:
             shutil.rmtree(str(path))

@@ -112,6 +112,21 @@ def externally_launched() -> bool:
     return under_slurm() or "LOCAL_RANK" in os.environ
 
 
+def check_launcher_layout(devices: int, num_nodes: int) -> None:
+    """Refuses a launch whose process count (torchrun's or `fabric run`'s WORLD_SIZE) is not --devices x
+    --num_nodes: with --devices left at 1 every process would train alone on one out_dir; with more, a traceback.
+    Slurm's tasks are `check_slurm_layout`'s. Raises ValueError naming both numbers and the flags to give."""
+    world = os.environ.get("WORLD_SIZE")
+    if under_slurm() or "LOCAL_RANK" not in os.environ or not (world or "").isdigit():
+        return
+    local = os.environ.get("LOCAL_WORLD_SIZE") or ""
+    per_node = int(local) if local.isdigit() else int(world) // max(1, num_nodes)
+    if int(world) != devices * num_nodes:
+        raise ValueError(f"the launcher started {world} processes (WORLD_SIZE), but --devices {devices} x "
+                         f"--num_nodes {num_nodes} make {devices * num_nodes}: every process is one rank of the run; "
+                         f"give --devices {per_node} --num_nodes {max(1, int(world) // max(1, per_node))}")
+
+
 def check_slurm_layout(devices: int, num_nodes: int) -> None:
     """Refuses a slurm allocation whose tasks do not match --devices x --num_nodes, before any work: with fewer
     processes than tasks each task would train on its own and race the others on one out_dir; with more, ranks
@@ -155,7 +170,7 @@ def launch_local(devices: int, argv: List[str], grace_s: float = 10.0) -> int:
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(devices),
            "NODE_RANK": "0"}
     procs = [subprocess.Popen([sys.executable, *argv], env={**env, "LOCAL_RANK": str(r)},
-                              preexec_fn=_stop_with_parent) for r in range(devices)]
+                              preexec_fn=stop_with_parent) for r in range(devices)]
 
     received: List[int] = []
 
@@ -190,9 +205,10 @@ def _code(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def _stop_with_parent() -> None:
-    """In a rank, before exec: SIGTERM when the launcher dies (even by SIGKILL), so that the rank saves and stops
-    instead of running on, or hanging, without it (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+def stop_with_parent() -> None:
+    """In a child process (a rank, before exec; a tokenizer worker): SIGTERM when the parent dies (even by
+    SIGKILL), so that the child stops instead of running on, or hanging, without it (Linux's PR_SET_PDEATHSIG;
+    elsewhere nothing)."""
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):

@@ -1,11 +1,13 @@
 """How every command ends: one `error:` line for an expected failure, one line and exit code 130 for Ctrl-C
-(even while torch is still importing), and no failure when a reader closes stdout (`... | head -1`).
+(even while torch is still importing), 128 + N for SIGTERM or SIGHUP after the command's cleanup, and no failure
+when a reader closes stdout (`... | head -1`).
 
 Torch-free on purpose: `guard_command` must run before a script's heavy imports."""
 
 import os
 import signal
 import sys
+import threading
 from typing import Any, Callable, Optional
 
 
@@ -26,11 +28,37 @@ def error_line(e: BaseException) -> Optional[str]:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during a command's action (`kill`, `timeout`, a slurm time limit, a closed terminal),
+    raised like Ctrl-C's KeyboardInterrupt so that the command removes its temporary outputs on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
 def exit_code(action: Callable[[], Any]) -> int:
     """Runs a command-line action: an expected failure (`error_line`) becomes one `error:` line on stderr and
-    exit code 1; Ctrl-C one line and 130."""
+    exit code 1; Ctrl-C one line and 130; SIGTERM or SIGHUP one line and 128 + N, after the action's cleanup (a
+    signal a handler already takes, or that is ignored, keeps its handling)."""
+    installed = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in TERMINATING:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, _terminate)
+                installed.append(sig)
     try:
         action()
+    except Terminated as e:
+        print(f"error: terminated by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -40,9 +68,13 @@ def exit_code(action: Callable[[], Any]) -> int:
             raise
         print(f"error: {line}", file=sys.stderr)
         return 1
+    finally:
+        for sig in installed:
+            if signal.getsignal(sig) is _terminate:
+                signal.signal(sig, signal.SIG_DFL)
     if sys.excepthook is _quiet_interrupt:  # a command's process (guard_command), about to exit
         # the output is in place: a Ctrl-C or SIGTERM while the interpreter shuts down must not report a failure
-        ignore_signals((signal.SIGINT, signal.SIGTERM))
+        ignore_signals((signal.SIGINT, *TERMINATING))
     return 0
 
 

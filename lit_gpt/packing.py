@@ -13,6 +13,7 @@ leaves nothing of the run behind.
 import multiprocessing
 import os
 import queue
+import signal
 import shutil
 import tempfile
 import time
@@ -24,7 +25,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from lit_gpt.data_record import check_destination, copy_tokenizer, tokenizer_entry, write_record
-from lit_gpt.files import os_error_line
+from lit_gpt.distributed import stop_with_parent
+from lit_gpt.exits import TERMINATING
+from lit_gpt.files import missing, os_error_line
 from lit_gpt.packed_dataset import PackedDatasetBuilder
 from lit_gpt.tokenizer import Tokenizer
 
@@ -82,7 +85,10 @@ def select_files(files: List[Path], percentage: float, source_path: Path,
             raise PrepareError(f"--filenames_subset {','.join(filenames_subset)}: none of the {len(files)} input "
                                f"files under {source_path} has one of these in its path")
         files = kept
-    chosen = [f for i, f in enumerate(files) if int((i + 1) * percentage) > int(i * percentage)]
+    def upto(k: int) -> int:  # floor(k x percentage), without 0.29 x 100 = 28.999... rounding down to 28
+        return int(k * percentage + 1e-9)
+
+    chosen = [f for i, f in enumerate(files) if upto(i + 1) > upto(i)]
     if not chosen:
         raise PrepareError(f"--percentage {percentage:g} of {len(files)} files selects none; give at least "
                            f"{1 / len(files):.3g}")
@@ -124,6 +130,10 @@ def tokenize_files(corpus: Corpus, proc: int, files: List[Path], tokenizer_path:
 
 
 def _worker(proc: int, messages, args) -> None:
+    # the parent ends its workers with SIGTERM: they die quietly, and with the parent, even one killed by SIGKILL
+    for sig in TERMINATING:
+        signal.signal(sig, signal.SIG_DFL)
+    stop_with_parent()
     try:
         stats = tokenize_files(args[0], proc, *args[1:], report=lambda documents: messages.put(("file", documents)))
         messages.put(("done", dict(stats)))
@@ -185,6 +195,8 @@ def _check_input(corpus: Corpus, source_path: Path, tokenizer_path: Path, destin
         raise PrepareError(f"cannot load a tokenizer from {tokenizer_path}: {e}") from None
     if entry["eos_id"] is None:
         raise PrepareError(f"the tokenizer in {tokenizer_path} has no EOS token to separate documents")
+    if why := missing(source_path, "directory"):
+        raise PrepareError(f"--source_path {source_path}: {why}")
     files = corpus.find_files(source_path, split)
     if not files:
         raise PrepareError("no " + corpus.layout.format(root=source_path, split=split))

@@ -3,7 +3,9 @@ spent (flags, out_dir, data files, tokenizer, initial and resumed checkpoints, -
 reported as one UsageError line by rank 0; every rank runs the same checks on the same input.
 """
 
+import math
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from lit_gpt import Config
 from lit_gpt import checkpoint as ckpt
 from lit_gpt.convert import expected_shapes
 from lit_gpt.data_record import DataTokenizer, check_training_data
-from lit_gpt.distributed import check_slurm_layout, externally_launched
+from lit_gpt.distributed import check_launcher_layout, check_slurm_layout, externally_launched
 from lit_gpt.files import missing
 from lit_gpt.materialize import open_weights
 from lit_gpt.packed_dataset import HDR_SIZE, read_header
@@ -25,12 +27,29 @@ from pretrain.trainable import trainable_names
 def data_files(directory: Path, prefix: str, check: bool = False) -> list:
     files = sorted(directory.glob(f"{prefix}*.bin"))
     if not files:
-        raise UsageError(f"no {prefix}*.bin files in {directory}; prepare data with scripts/prepare_slimpajama.py")
+        raise UsageError(f"no {prefix}*.bin files in {directory}; prepare data with scripts/prepare_slimpajama.py "
+                         "(or prepare_starcoder.py for train_starcoder)")
     for f in files if check else ():
         dtype, chunk_size = read_header(f)  # a corrupt header fails here, not hours into the run
         if f.stat().st_size != HDR_SIZE + chunk_size * dtype.itemsize:
             raise UsageError(f"{f}: {f.stat().st_size} bytes, its header promises {chunk_size} tokens; truncated?")
     return files
+
+
+def check_mixture(args: TrainArgs) -> None:
+    """Refuses a mixture that cannot be drawn from: weights that are not one per prefix, negative, not finite or
+    all 0, and prefixes that name the same files twice (one prefix repeated, or the start of another)."""
+    weights, prefixes = args.data_weights, args.data_prefixes
+    if weights and len(weights) != len(prefixes):
+        raise UsageError("--data_weights needs one weight per --data_prefixes entry")
+    if weights and (not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0):
+        raise UsageError(f"--data_weights {' '.join(f'{w:g}' for w in weights)}: each is a source's share, finite "
+                         "and at least 0, and one must be above 0")
+    for i, prefix in enumerate(prefixes):
+        for other in prefixes[i + 1:]:
+            if prefix.startswith(other) or other.startswith(prefix):
+                raise UsageError(f"--data_prefixes {prefix} and {other} name the same files: each file may belong "
+                                 "to one source only")
 
 
 def left_out_sources(args: TrainArgs) -> list:
@@ -70,8 +89,7 @@ def validate(args: TrainArgs) -> Config:
         data_files(Path(args.train_data_dir), prefix, check=True)
     if args.eval_interval:
         data_files(Path(args.val_data_dir or args.train_data_dir), args.val_prefix, check=True)
-    if args.data_weights and len(args.data_weights) != len(args.data_prefixes):
-        raise UsageError("--data_weights needs one weight per --data_prefixes entry")
+    check_mixture(args)
     tokenizer = data_tokenizer(args, config)
     if args.eval_tasks is not None:
         try:
@@ -82,6 +100,7 @@ def validate(args: TrainArgs) -> Config:
             raise UsageError("--eval_tasks scores with the run's tokenizer, and none was found: give --tokenizer_dir")
     try:
         check_slurm_layout(args.devices, args.num_nodes)
+        check_launcher_layout(args.devices, args.num_nodes)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.num_nodes > 1 and not externally_launched():
@@ -112,17 +131,27 @@ def validate(args: TrainArgs) -> Config:
 
 def check_resume_target(args: TrainArgs) -> None:
     """Refuses `--resume FILE`: a resume reads a step-NNNNNNNN directory, and a single file, upstream TinyLlama's
-    iter-NNNNNN-ckpt.pth above all, holds too little for one.
+    iter-NNNNNN-ckpt.pth above all, holds too little for one; and `--resume auto` (upstream's `True`) on an
+    out_dir that holds upstream's checkpoints and none of ours, which would otherwise start afresh.
 
     Raises:
         UsageError: one line naming the file and the way to start from its weights instead.
     """
+    out_dir = Path(args.out_dir)
+    if args.resume == "auto" and out_dir.is_dir() and not any(out_dir.glob("step-*")):
+        upstream = sorted(out_dir.glob("iter-*-ckpt.pth"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+        if upstream:
+            raise UsageError(f"--resume auto: {out_dir} holds upstream TinyLlama's checkpoints ({len(upstream)} "
+                             "iter-*-ckpt.pth) and none of ours (step-*), and upstream's cannot be resumed here; "
+                             f"start from the newest's weights with --initial_checkpoint {upstream[-1]} and "
+                             "--skip_tokens N to skip the data it saw (see UPSTREAM.md)")
     if args.resume in (None, "auto") or not Path(args.resume).is_file():
         return
-    raise UsageError(f"--resume {args.resume} is a file: upstream TinyLlama's single-file checkpoints "
-                     "(iter-NNNNNN-ckpt.pth) cannot be resumed here (they hold no data-loader position, and their "
-                     "optimizer state is FSDP-1's); start from its weights with --initial_checkpoint "
-                     f"{args.resume} (a fresh optimizer) and --skip_tokens N to skip the data it saw (see UPSTREAM.md)")
+    raise UsageError(f"--resume {args.resume} is a file: a single-file checkpoint (upstream TinyLlama's "
+                     "iter-NNNNNN-ckpt.pth, or an export) holds no data-loader position, and upstream's optimizer "
+                     "state is FSDP1's, so it cannot be resumed here; start from its weights with "
+                     f"--initial_checkpoint {args.resume} (a fresh optimizer) and --skip_tokens N to skip the data it "
+                     "saw (see UPSTREAM.md)")
 
 
 def check_same_run(path: Path, args: TrainArgs) -> None:
@@ -148,14 +177,15 @@ FABRIC_CLI = {"devices": "LT_DEVICES", "num_nodes": "LT_NUM_NODES", "precision":
               "strategy": "LT_STRATEGY", "accelerator": "LT_ACCELERATOR"}
 
 
-def adopt_fabric_cli(args: TrainArgs, argv: list) -> None:
+def adopt_fabric_cli(args: TrainArgs) -> None:
     """Under `fabric run` (upstream launched with `lightning run model`, its old name): takes the launcher's
-    --devices, --num-nodes, --precision and --strategy, which it passes in LT_* variables (and whose names it
-    takes from the script's own flags too), and removes the variables, so that Lightning does not refuse the
-    Fabric this script builds from the same values.
+    --devices, --num-nodes, --precision and --strategy, which it passes in LT_* variables, and removes the
+    variables, so that Lightning does not refuse the Fabric this script builds from the same values. The
+    launcher's values win over a recipe's; fabric run takes these flags wherever they stand on its command line,
+    after the script's name too, so the script never sees its own.
 
     Raises:
-        UsageError: the script's command line or recipe gives other values than the launcher's.
+        UsageError: a value this script does not take (fabric run --precision=16-mixed).
     """
     given = {name: os.environ.pop(env) for name, env in FABRIC_CLI.items() if env in os.environ}
     os.environ.pop("LT_CLI_USED", None)
@@ -169,10 +199,6 @@ def adopt_fabric_cli(args: TrainArgs, argv: list) -> None:
         if allowed and theirs not in allowed:
             raise UsageError(f"fabric run --{name.replace('_', '-')}={value}: this script takes "
                              f"{', '.join(allowed)} (see UPSTREAM.md)")
-        flag = f"--{name}"
-        explicit = any(a == flag or a.startswith(flag + "=") for a in argv)
-        if explicit and getattr(args, name) != theirs:
-            raise UsageError(f"{flag} {getattr(args, name)} disagrees with fabric run's {flag}={value}; give one")
         setattr(args, name, theirs)
 
 

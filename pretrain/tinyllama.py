@@ -214,8 +214,15 @@ def main(fabric, args: TrainArgs, config: Config, strategy_name: str) -> None:
         if args.keep_last and rank == 0:
             agreement.attempt(prune)
 
+    warned = set()  # a step kept for the user's files is named once, not at every save
+
+    def warn_once(line: str) -> None:
+        if line not in warned:
+            warned.add(line)
+            print(line, file=sys.stderr, flush=True)
+
     def prune() -> None:
-        for old in ckpt.prune(out_dir, args.keep_last, step):
+        for old in ckpt.prune(out_dir, args.keep_last, step, warn_once):
             log(f"deleted {old} (--keep_last {args.keep_last})")
 
     start = time.perf_counter()
@@ -357,7 +364,7 @@ def run(argv=None) -> int:
 
     def launch() -> int:
         nonlocal started
-        adopt_fabric_cli(args, argv)
+        adopt_fabric_cli(args)
         config = validate(args)
         make_out_dir(Path(args.out_dir))
         if args.devices * args.num_nodes > 1 and not externally_launched():

@@ -58,18 +58,25 @@ def read_texts(path: Path, stats: Counter) -> Iterator[str]:
         table = pyarrow.parquet.ParquetFile(path)
     except (pyarrow.ArrowException, OSError) as e:
         raise damaged(e) from None
-    if COLUMN not in table.schema_arrow.names:
-        raise PrepareError(f"{path}: no {COLUMN!r} column (it has {', '.join(table.schema_arrow.names) or 'none'}); "
+    schema = table.schema_arrow
+    if COLUMN not in schema.names:
+        raise PrepareError(f"{path}: no {COLUMN!r} column (it has {', '.join(schema.names) or 'none'}); "
                            "StarCoderData's files keep the code there")
+    kind = schema.field(COLUMN).type
+    value_kind = kind.value_type if pyarrow.types.is_dictionary(kind) else kind
+    if not (pyarrow.types.is_string(value_kind) or pyarrow.types.is_large_string(value_kind)):
+        raise PrepareError(f"{path}: its {COLUMN!r} column holds {kind}, not text (string); StarCoderData's holds "
+                           "the code as strings: convert the file, or leave it out with --filenames_subset")
     batches = table.iter_batches(batch_size=BATCH_ROWS, columns=[COLUMN])
     while True:
         try:
             batch = next(batches, None)
-        except (pyarrow.ArrowException, OSError) as e:
+            texts = batch.column(0).to_pylist() if batch is not None else None
+        except (pyarrow.ArrowException, OSError, UnicodeDecodeError) as e:
             raise damaged(e) from None
-        if batch is None:
+        if texts is None:
             return
-        for text in batch.column(0).to_pylist():
+        for text in texts:
             if isinstance(text, str):
                 yield text
             else:

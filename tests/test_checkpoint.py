@@ -93,6 +93,22 @@ def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
     assert (tmp_path / "step-00000200").is_dir() and (tmp_path / "step-00001000").is_dir()
 
 
+def test_prune_never_deletes_a_users_export_inside_a_step(tmp_path):
+    """export_checkpoint.py writes into <step>/export and <step>/upstream by default: --keep_last keeps such a
+    step whole and says so, instead of deleting the user's files with it."""
+    for step in (1, 2, 3):
+        path = tmp_path / f"step-{step:08d}"
+        path.mkdir()
+        for name in ("meta.json", "lit_config.json", "__0_0.distcp", ".metadata", "rng-rank0.pt"):
+            (path / name).write_text("{}")
+    (tmp_path / "step-00000001" / "upstream").mkdir()
+    (tmp_path / "step-00000001" / "upstream" / "iter-000002-ckpt.pth").write_bytes(b"x")
+    lines = []
+    assert [p.name for p in ckpt.prune(tmp_path, 1, current=3, warn=lines.append)] == ["step-00000002"]
+    assert (tmp_path / "step-00000001" / "upstream" / "iter-000002-ckpt.pth").read_bytes() == b"x"
+    assert len(lines) == 1 and "step-00000001" in lines[0] and "upstream" in lines[0]
+
+
 # ---- damage found from the files alone; --resume auto passes over it ----
 
 def _truncate_shard(path):

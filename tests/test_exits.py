@@ -1,12 +1,14 @@
 """How commands end when the user presses Ctrl-C early or the reader of their output goes away (lit_gpt/exits.py)."""
 
 import ast
+import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
 
+import pytest
 import torch
 from conftest import ROOT, small_config
 
@@ -78,3 +80,22 @@ def test_a_closed_stdout_changes_nothing(tmp_path):
                                "--op", "stack", "--out", tmp_path / "grown")
     assert (code, err) == (0, "")
     assert (tmp_path / "grown" / "lit_model.pth").is_file() and (tmp_path / "grown" / "growth.json").is_file()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_ends_a_command_after_its_cleanup(tmp_path, capsys, signum):
+    """kill, timeout, a slurm time limit or a closed terminal: every command's temporary output goes with it (the
+    default action would end the process on the spot and leave it), one line, 128 + N."""
+    from lit_gpt.exits import exit_code
+    from lit_gpt.files import atomic_dir
+
+    def action():
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "half-written").write_text("x")
+            os.kill(os.getpid(), signum)
+            time.sleep(10)
+
+    assert exit_code(action) == 128 + signum
+    assert capsys.readouterr().err == f"error: terminated by {signal.Signals(signum).name}\n"
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signum) is signal.SIG_DFL

@@ -10,6 +10,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,8 @@ def test_percentage_reads_an_even_deterministic_share(starcoder):
     assert half == [files[1], files[3]] == star.packing.select_files(files, 0.5, starcoder)
     assert star.packing.select_files(files, 1.0, starcoder) == files
     assert star.packing.select_files(files, 0.25, starcoder) == [files[3]]
+    many = [Path(f"{i:03d}.parquet") for i in range(100)]
+    assert [len(star.packing.select_files(many, p, Path("."))) for p in (0.29, 0.57, 0.01, 1.0)] == [29, 57, 1, 100]
     python = star.packing.select_files(files, 1.0, starcoder, star.subset_list(["[python,go]"]))
     assert [f.parent.name for f in python] == ["go", "python", "python"]
     assert star.subset_list(['["python",', '"cpp"]']) == ["python", "cpp"]
@@ -210,3 +213,81 @@ def test_mixture_run_logs_both_sources_shares(slim_star, tmp_path):
         assert slim == pytest.approx(draws[:n].count(0) / n) and slim + code_share == pytest.approx(1)
     assert 0 < code_share < 1
     assert f"drawn: train_slimpajama {draws.count(0) / len(draws):.1%}" in result.stdout
+
+
+SLOW_PREPARE = """
+import sys, time
+from collections import Counter
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from lit_gpt import packing
+from lit_gpt.exits import exit_code
+
+def read_texts(path, stats):
+    yield path.read_text()
+    time.sleep(60)  # a file that takes long to tokenise
+
+def find_files(root, split):
+    return sorted(Path(root).glob("*.txt"))
+
+corpus = packing.Corpus(name="slow", splits=("train",), find_files=find_files, layout="*.txt in {{root}}",
+                        read_texts=read_texts, split_folders=False)
+sys.exit(exit_code(lambda: packing.prepare(corpus, sys.argv[1], sys.argv[2], sys.argv[3], chunk_size=8,
+                                           block_size=4, num_processes=2, progress=False)))
+"""
+
+
+def workers_of(pid: int) -> list:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in children.read_text().split()] if children.exists() else []
+
+
+@pytest.mark.parametrize("signum", [15, 9])
+def test_a_stopped_prepare_leaves_no_files_and_no_workers(sample_data, tmp_path, signum):
+    """SIGTERM (kill, timeout, a slurm time limit) ends the command with one line and 143 after its cleanup; after
+    SIGKILL, which no cleanup survives, its tokenizer workers at least die with it instead of running on."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(2):
+        (source / f"{i}.txt").write_text("some text to tokenise " * 20)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE.format(root=str(ROOT)), str(source),
+                             str(sample_data / "tokenizer"), str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(workers_of(proc.pid)) < 2 or not any(out.glob(".train_slow.tmp-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, "the workers never started"
+        time.sleep(0.1)
+    workers = workers_of(proc.pid)
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=60)
+    if signum == 15:
+        assert proc.returncode == 143 and err == "error: terminated by SIGTERM\n"
+        assert not out.exists()  # created by the run: removed with its temporary folder
+    for pid in workers:
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, f"worker {pid} outlived its parent"
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("column", [pyarrow.array([b"print(1)\n"] * 3, pyarrow.binary()), pyarrow.array([1, 2, 3])])
+def test_a_content_column_that_is_not_text_is_refused(sample_data, tmp_path, column):
+    """Dropping its rows as 'without content' would lose a whole file, or a language, without an error."""
+    (tmp_path / "src" / "cpp").mkdir(parents=True)
+    pyarrow.parquet.write_table(pyarrow.table({"content": column}), tmp_path / "src" / "cpp" / "a.parquet")
+    code_, out, err = upstream_command(tmp_path / "src", sample_data / "tokenizer", tmp_path / "out")
+    assert code_ == 1 and len(err.strip().splitlines()) == 1, err
+    assert "a.parquet" in err and "not text" in err and str(column.type) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_text_that_is_not_utf8_names_the_file(sample_data, tmp_path):
+    """An uncompressed page whose string bytes were damaged: pyarrow reads it, Python cannot decode it."""
+    (tmp_path / "src" / "go").mkdir(parents=True)
+    path = tmp_path / "src" / "go" / "a.parquet"
+    pyarrow.parquet.write_table(pyarrow.table({"content": ["x = 'aaaaaaaaaaaaaaaaaaaaaaaa'\n"] * 4}), path,
+                                compression="none")
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"aaaaaaaaaaaaaaaaaaaaaaaa", b"a\xdf" * 12, 1))
+    code_, out, err = upstream_command(tmp_path / "src", sample_data / "tokenizer", tmp_path / "out")
+    assert code_ == 1 and len(err.strip().splitlines()) == 1, err
+    assert str(path) in err and "not readable parquet" in err

@@ -160,8 +160,8 @@ def test_resume_true_resumes_and_false_starts_afresh(trained, data_dir, tmp_path
 def test_resume_of_a_single_file_is_one_line(trained, data_dir, tmp_path, capsys):  # noqa: F811
     file = trained / "up" / ITER
     err = command_error(capsys, train_here, args_for(data_dir, tmp_path / "o", "--max_steps", 1, "--resume", file), 1)
-    assert err == (f"error: --resume {file} is a file: upstream TinyLlama's single-file checkpoints "
-                   "(iter-NNNNNN-ckpt.pth) cannot be resumed here (they hold no data-loader position, and their "
-                   f"optimizer state is FSDP-1's); start from its weights with --initial_checkpoint {file} (a fresh "
-                   "optimizer) and --skip_tokens N to skip the data it saw (see UPSTREAM.md)\n")
+    assert err == (f"error: --resume {file} is a file: a single-file checkpoint (upstream TinyLlama's "
+                   "iter-NNNNNN-ckpt.pth, or an export) holds no data-loader position, and upstream's optimizer state "
+                   f"is FSDP1's, so it cannot be resumed here; start from its weights with --initial_checkpoint {file} "
+                   "(a fresh optimizer) and --skip_tokens N to skip the data it saw (see UPSTREAM.md)\n")
     assert not (tmp_path / "o").exists()

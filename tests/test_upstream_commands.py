@@ -85,19 +85,57 @@ def test_fabric_cli_layout_is_taken(monkeypatch):
     from pretrain.train_args import TrainArgs, UsageError
 
     for key, value in {"LT_CLI_USED": "1", "LT_DEVICES": "4", "LT_NUM_NODES": "2", "LT_ACCELERATOR": "cuda",
-                       "LT_STRATEGY": "ddp"}.items():
+                       "LT_STRATEGY": "ddp", "LT_PRECISION": "bf16-mixed"}.items():
         monkeypatch.setenv(key, value)
-    args = TrainArgs()
-    adopt_fabric_cli(args, [])
-    assert (args.devices, args.num_nodes, args.strategy) == (4, 2, "ddp")
+    args = TrainArgs(devices=8, precision="32-true")  # a recipe's values: the launcher's win
+    adopt_fabric_cli(args)
+    assert (args.devices, args.num_nodes, args.strategy, args.precision) == (4, 2, "ddp", "bf16-mixed")
     assert not any(key.startswith("LT_") for key in os.environ)  # Lightning must not compare them again
-
-    monkeypatch.setenv("LT_PRECISION", "bf16-mixed")
-    with pytest.raises(UsageError, match="disagrees with fabric run's --precision=bf16-mixed"):
-        adopt_fabric_cli(TrainArgs(precision="32-true"), ["--precision", "32-true"])
     monkeypatch.setenv("LT_PRECISION", "16-mixed")
     with pytest.raises(UsageError, match="16-mixed.*UPSTREAM.md"):
-        adopt_fabric_cli(TrainArgs(), [])
+        adopt_fabric_cli(TrainArgs())
+
+
+def test_a_launch_of_other_size_than_the_flags_is_refused(monkeypatch):
+    """torchrun --nproc_per_node 2 without --devices 2: each process would train alone into one out_dir."""
+    from lit_gpt.distributed import check_launcher_layout
+
+    for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="started 2 processes.*give --devices 2 --num_nodes 1"):
+        check_launcher_layout(1, 1)
+    check_launcher_layout(2, 1)
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    with pytest.raises(ValueError, match="give --devices 8 --num_nodes 2"):
+        check_launcher_layout(8, 1)
+
+
+def test_resume_true_on_an_upstream_out_dir_is_one_line(capsys, sample_data, tmp_path):
+    """Upstream's --resume True on its own out_dir (iter-*-ckpt.pth only) would otherwise train from scratch."""
+    for step in (960000, 1000000):
+        (tmp_path / f"iter-{step:06d}-ckpt.pth").write_bytes(b"")
+    line = command_error(capsys, entry("pretrain/tinyllama.py"), [
+        "--resume", "True", "--out_dir", str(tmp_path), "--train_data_dir", str(sample_data / "packed"),
+        "--max_steps", "1"])
+    assert "iter-1000000-ckpt.pth" in line and "--initial_checkpoint" in line and "UPSTREAM.md" in line
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--data_weights", "0", "0"], ["--data_weights 0 0", "above 0"]),
+    (["--data_weights", "2", "-1"], ["--data_weights 2 -1", "at least 0"]),
+    (["--data_weights", "nan", "1"], ["finite"]),
+    (["--data_prefixes", "train_slim", "train_slimpajama"], ["train_slim and train_slimpajama", "one source"])])
+def test_a_mixture_that_cannot_be_drawn_is_one_line(capsys, sample_data, tmp_path, flags, words):
+    prefixes = [] if "--data_prefixes" in flags else ["--data_prefixes", "train_slimpajama", "train_slim"]
+    line = command_error(capsys, entry("pretrain/tinyllama.py"), [
+        "--out_dir", str(tmp_path / "o"), "--train_data_dir", str(sample_data / "packed"), "--max_steps", "1",
+        *prefixes, *flags])
+    assert all(word in line for word in words), line
+    assert not (tmp_path / "o").exists()
 
 
 def test_pretrain_md_launch_under_fabric_run(sample_data, tmp_path):
