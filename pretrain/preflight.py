@@ -156,7 +156,8 @@ def check_resume_target(args: TrainArgs) -> None:
 
 def check_same_run(path: Path, args: TrainArgs) -> None:
     """What a resume needs from the command beyond the checkpoint: the same --trainable (its optimizer holds state
-    for those parameters only), and the --initial_checkpoint of a random-* grown run whose masks still ramp (they
+    for those parameters only), the same --data_prefixes (its data position is per source), and the
+    --initial_checkpoint of a random-* grown run whose masks still ramp (they
     are built from the growth record and mask file beside it, not saved in the checkpoint)."""
     hparams = ckpt.run_hparams(path)
     saved = hparams.get("trainable", "all")
@@ -164,6 +165,12 @@ def check_same_run(path: Path, args: TrainArgs) -> None:
         raise UsageError(f"{path} was trained with --trainable {saved}, this run asks for {args.trainable}; resume "
                          f"with --trainable {saved} (its optimizer holds state for those parameters only), or start "
                          "a new run from its weights with --initial_checkpoint")
+    prefixes = hparams.get("data_prefixes")
+    if prefixes and list(prefixes) != list(args.data_prefixes):
+        raise UsageError(f"{path} drew its data from --data_prefixes {' '.join(prefixes)}, this run asks for "
+                         f"{' '.join(args.data_prefixes)}; resume with the same sources in the same order (the "
+                         "checkpoint holds each one's position), or start a new run from its weights with "
+                         "--initial_checkpoint")
     if not args.initial_checkpoint:
         try:
             ckpt.check_masks_settled(path)

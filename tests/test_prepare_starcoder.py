@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow
 import pyarrow.parquet
 import pytest
-from conftest import ROOT
+from conftest import ROOT, command_error
 
 from lit_gpt import Tokenizer
 
@@ -190,18 +190,18 @@ def test_a_source_left_out_is_named(slim_star):
     assert left_out_sources(both) == []
 
 
-def test_mixture_run_logs_both_sources_shares(slim_star, tmp_path):
+def test_mixture_run_logs_both_sources_shares(slim_star, tmp_path, capsys):
     """Upstream's recipe (pretrain/configs/tinyllama_1b.yaml), shrunk to a 2-layer model and 3 steps."""
     data = slim_star
     steps, batch = 3, 8
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "pretrain" / "tinyllama.py"), "--config", "pretrain/configs/tinyllama_1b.yaml",
-         "--model_name", "2L128H", "--train_data_dir", str(data), "--val_data_dir", str(data), "--out_dir", str(out),
-         "--devices", "1", "--num_nodes", "1", "--precision", "32-true", "--global_batch_size", str(batch),
-         "--micro_batch_size", "4", "--max_steps", str(steps), "--warmup_steps", "1", "--eval_interval", "3",
-         "--eval_iters", "1", "--save_interval", "0", "--log_interval", "1", "--n_chunks", "2"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    flags = ["--config", str(ROOT / "pretrain/configs/tinyllama_1b.yaml"), "--model_name", "2L128H",
+             "--train_data_dir", str(data), "--val_data_dir", str(data), "--out_dir", str(out), "--devices", "1",
+             "--num_nodes", "1", "--precision", "32-true", "--global_batch_size", str(batch), "--micro_batch_size", "4",
+             "--max_steps", str(steps), "--warmup_steps", "1", "--eval_interval", "3", "--eval_iters", "1",
+             "--save_interval", "0", "--log_interval", "1", "--n_chunks", "2"]
+    result = subprocess.run([sys.executable, str(ROOT / "pretrain" / "tinyllama.py"), *flags], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "mixture: train_slimpajama 69.4%, train_starcoder 30.6% of the sequences" in result.stdout
     with open(out / "metrics.csv") as f:
@@ -213,6 +213,14 @@ def test_mixture_run_logs_both_sources_shares(slim_star, tmp_path):
         assert slim == pytest.approx(draws[:n].count(0) / n) and slim + code_share == pytest.approx(1)
     assert 0 < code_share < 1
     assert f"drawn: train_slimpajama {draws.count(0) / len(draws):.1%}" in result.stdout
+
+    # its checkpoint keeps each source's position: a resume on other sources is refused before any work
+    spec = importlib.util.spec_from_file_location("mixture_tinyllama", ROOT / "pretrain" / "tinyllama.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    line = command_error(capsys, module.run, [*flags, "--max_steps", "4", "--resume", "auto", "--data_prefixes",
+                                              "train_slimpajama", "--data_weights", "1"])
+    assert "--data_prefixes train_slimpajama train_starcoder" in line and "same order" in line
 
 
 SLOW_PREPARE = """
