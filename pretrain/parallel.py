@@ -203,11 +203,11 @@ def setup_model(fabric, args: TrainArgs, config: Config, strategy_name: str):
 
 
 def make_fabric(args: TrainArgs):
-    import lightning as L
-    from lightning.fabric.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+    import lightning_fabric as L
+    from lightning_fabric.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 
     if launch_rank() != 0:  # lightning's start-up lines once per job (its import set the level to INFO)
-        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+        logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
 
     cuda = torch.cuda.is_available()
     world = args.devices * args.num_nodes

@@ -2,7 +2,7 @@
 
 import json
 
-import lightning as L
+import lightning_fabric as L
 import pytest
 import torch
 from conftest import small_config
